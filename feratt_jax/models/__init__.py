@@ -1,0 +1,77 @@
+"""Model zoo: the four FERAtt variants and the three baseline classifiers.
+
+Every model is a Flax Linen module; ``module.apply(variables, x_BHWC,
+train=bool, mutable=[...])`` returns a dict of named outputs (always
+``logits``; FERAtt variants add ``reconstruction``, ``attention``,
+``features`` and, where they have them, ``embedding``, ``theta``,
+``warped``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from feratt_jax.models.cvgg import CVGG13
+from feratt_jax.models.feratt import BACKBONES, FERAttention
+from feratt_jax.models.preact_resnet import PreActResNet18
+from feratt_jax.models.resnet import ResNet18
+
+# name -> (embedding, use_stn): the reference's arch names.
+FERATT_VARIANTS = {
+    "ferattention": (False, False),
+    "ferattentiongmm": (True, False),
+    "ferattentionstn": (False, True),
+    "ferattentiongmmstn": (True, True),
+}
+BASELINES = {"preactresnet18": PreActResNet18, "resnet18": ResNet18, "cvgg13": CVGG13}
+MODEL_NAMES = tuple(FERATT_VARIANTS) + tuple(BASELINES)
+
+
+def build_model(name: str, *, num_classes: int, dim: int = 32, dtype: Any = jnp.float32, **options: Any) -> nn.Module:
+    """Build a model by the reference's arch name.
+
+    Args:
+      name: one of ``MODEL_NAMES``.
+      num_classes: number of expression classes C.
+      dim: embedding size for the GMM ("Rep") variants, and for a baseline
+        built with ``embedding=True``.
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+      **options: FERAtt variants: ``backbone`` (preactresnet18 | resnet18 |
+        cvgg13), ``attention_channels`` (default = num_classes, as the
+        reference ties them), ``num_feature_blocks``,
+        ``gmmstn_cvgg_skips_warp``. Baselines: ``embedding`` (bool), and
+        ``dropout_rate`` for cvgg13.
+
+    Raises:
+      ValueError: unknown name, bad num_classes/dim or an unknown option.
+    """
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    if not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be a positive int, got {dim!r}")
+    if name in FERATT_VARIANTS:
+        embedding, use_stn = FERATT_VARIANTS[name]
+        allowed = {"backbone", "attention_channels", "num_feature_blocks", "gmmstn_cvgg_skips_warp"}
+        _check_options(name, options, allowed)
+        backbone = options.get("backbone", "preactresnet18")
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
+        return FERAttention(num_classes=num_classes, dim=dim, embedding=embedding, use_stn=use_stn, dtype=dtype, **options)
+    if name in BASELINES:
+        allowed = {"embedding"} | ({"dropout_rate"} if name == "cvgg13" else set())
+        _check_options(name, options, allowed)
+        embedding = options.pop("embedding", False)
+        return BASELINES[name](num_classes=num_classes, dim=dim if embedding else None, dtype=dtype, **options)
+    raise ValueError(f"unknown model {name!r}; choose one of {MODEL_NAMES}")
+
+
+def _check_options(name: str, options: dict[str, Any], allowed: set[str]) -> None:
+    unknown = set(options) - allowed
+    if unknown:
+        raise ValueError(f"model {name!r} does not take option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+
+
+__all__ = ["build_model", "MODEL_NAMES", "FERATT_VARIANTS", "BASELINES", "BACKBONES", "FERAttention"]

@@ -1,0 +1,169 @@
+"""FERAtt: attention module x feature branch -> reconstruction -> backbone.
+
+One module covers the reference's four architectures:
+
+=====================  ============  ======  =====================================
+reference arch name    embedding     STN     outputs
+=====================  ============  ======  =====================================
+ferattention           no            no      logits, reconstruction, attention, features
+ferattentiongmm        yes           no      + embedding
+ferattentionstn        no            yes     + theta, warped
+ferattentiongmmstn     yes           yes     + embedding, theta, warped
+=====================  ============  ======  =====================================
+
+Forward (reference.md 1.1): g_att = AttentionResNet(x); g_ft = feature
+branch(x); attmap = sigmoid(g_att) * g_ft; reconstruction ("I_att") =
+ReLU(BN(conv1x1(ConvRelu(cat[attmap, x, g_att])))); the backbone classifies
+normalize_layer(reconstruction), after the STN warp in the STN variants.
+
+The reference's STN variants differ in where normalisation happens:
+ferattentionstn warps the raw reconstruction and normalises the warped
+image; ferattentiongmmstn normalises first and warps the normalised image.
+Both orders are kept, as the reference has them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from feratt_jax.models.attention_unet import AttentionResNet, ConvRelu
+from feratt_jax.models.cvgg import CVGG13
+from feratt_jax.models.layers import BatchNorm2d, Conv2d, avg_pool, normalize_layer, resize_bilinear
+from feratt_jax.models.preact_resnet import PreActResNet18
+from feratt_jax.models.resnet import ResNet18
+from feratt_jax.models.stn import STN
+from feratt_jax.ops.spatial_transform import warp_affine
+
+Dtype = Any
+
+BACKBONES = ("preactresnet18", "resnet18", "cvgg13")
+
+
+class ResidualBlockSR(nn.Module):
+    """y = conv3x3(LeakyReLU_0.2(conv3x3(x))) + x, no activation after the add."""
+
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+        c = x_BHWC.shape[-1]
+        out = nn.leaky_relu(Conv2d(c, 3, 1, 1, dtype=self.dtype, name="conv1")(x_BHWC), 0.2)
+        return Conv2d(c, 3, 1, 1, dtype=self.dtype, name="conv2")(out) + x_BHWC
+
+
+class _FeatureStack(nn.Module):
+    num_blocks: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+        for i in range(self.num_blocks):
+            x_BHWC = ResidualBlockSR(self.dtype, name=str(i))(x_BHWC)
+        return x_BHWC
+
+
+class _ReconstructionConvs(nn.Module):
+    """``reconstruction = Sequential(ConvRelu(2A+3 -> 32), Conv1x1(32 -> 3))``."""
+
+    out_channels: int
+    hidden: int = 32
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+        x = ConvRelu(self.hidden, self.dtype, name="0")(x_BHWC)
+        return Conv2d(self.out_channels, 1, dtype=self.dtype, name="1")(x)
+
+
+def backbone_input(backbone: str, image_BHWC: jax.Array) -> jax.Array:
+    """Resize the (normalised) reconstruction to what each backbone expects."""
+    if backbone == "preactresnet18":
+        return avg_pool(image_BHWC, 2)  # 64 -> 32, as the reference
+    if backbone == "resnet18":
+        return resize_bilinear(image_BHWC, 224, 224)
+    if backbone == "cvgg13":
+        return image_BHWC
+    raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
+
+
+def make_backbone(backbone: str, num_classes: int, dim: int | None, dtype: Dtype, name: str) -> nn.Module:
+    if backbone == "preactresnet18":
+        return PreActResNet18(num_classes, dim, dtype=dtype, name=name)
+    if backbone == "resnet18":
+        return ResNet18(num_classes, dim, dtype=dtype, name=name)
+    if backbone == "cvgg13":
+        return CVGG13(num_classes, dim, dtype=dtype, name=name)
+    raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
+
+
+class FERAttention(nn.Module):
+    """The FERAtt family. See the module docstring for the variants.
+
+    Attributes:
+      num_classes: C, the number of expression classes.
+      dim: embedding size (used when ``embedding`` is True).
+      embedding: the "Rep"/GMM variants: backbone returns an embedding too.
+      use_stn: the STN variants.
+      backbone: preactresnet18 (reference default) | resnet18 | cvgg13.
+      attention_channels: channels of g_att and g_ft. The reference ties this
+        to num_classes (defect 4); None keeps that tie.
+      num_feature_blocks: LeakyReLU residual blocks in the feature branch (8).
+      gmmstn_cvgg_skips_warp: reproduce the reference bug where
+        ferattentiongmmstn with the cvgg backbone classifies the unwarped
+        image (defect 7). Off by default.
+      dtype: compute dtype (params stay float32; BN statistics in float32).
+    """
+
+    num_classes: int
+    dim: int = 32
+    embedding: bool = False
+    use_stn: bool = False
+    backbone: str = "preactresnet18"
+    attention_channels: int | None = None
+    num_feature_blocks: int = 8
+    gmmstn_cvgg_skips_warp: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BHWC: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+        if x_BHWC.ndim != 4 or x_BHWC.shape[-1] != 3:
+            raise ValueError(f"FERAttention expects (B, H, W, 3) input, got shape {x_BHWC.shape}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {BACKBONES}")
+        channels = self.attention_channels or self.num_classes
+        x = x_BHWC.astype(self.dtype)
+
+        g_att = AttentionResNet(channels, dtype=self.dtype, name="attention_map")(x, train=train)
+
+        f0 = Conv2d(channels, 9, 1, 4, dtype=self.dtype, name="conv_input")(x)
+        out = _FeatureStack(self.num_feature_blocks, self.dtype, name="feature")(f0)
+        g_ft = Conv2d(channels, 3, 1, 1, dtype=self.dtype, name="conv_mid")(out) + f0
+
+        attmap = nn.sigmoid(g_att) * g_ft
+        fused = jnp.concatenate([attmap, x, g_att], axis=-1)
+        recon = _ReconstructionConvs(3, dtype=self.dtype, name="reconstruction")(fused)
+        recon = nn.relu(BatchNorm2d(dtype=self.dtype, name="conv2_bn")(recon, train=train))
+
+        outputs = {"reconstruction": recon, "attention": g_att, "features": g_ft}
+        if self.use_stn:
+            stn = STN(self.dtype, name="stn")
+            if self.embedding:
+                normalized = normalize_layer(recon)
+                theta = stn(jax.lax.stop_gradient(jnp.mean(normalized, axis=-1, keepdims=True)))
+                warped = warp_affine(normalized, theta.astype(normalized.dtype))
+                classify = normalized if (self.gmmstn_cvgg_skips_warp and self.backbone == "cvgg13") else warped
+            else:
+                theta = stn(jax.lax.stop_gradient(jnp.mean(recon, axis=-1, keepdims=True)))
+                warped = normalize_layer(warp_affine(recon, theta.astype(recon.dtype)))
+                classify = warped
+            outputs.update(theta=theta, warped=warped)
+        else:
+            classify = normalize_layer(recon)
+
+        head = make_backbone(self.backbone, self.num_classes, self.dim if self.embedding else None, self.dtype, "netclass")
+        outputs.update(head(backbone_input(self.backbone, classify), train=train))
+        return outputs
