@@ -1,0 +1,492 @@
+"""FERAtt training losses (reference.md section 2), as pure, jit-safe functions of arrays.
+
+Terms (each returned separately by `feratt_losses`):
+
+* `cross_entropy`: mean softmax cross-entropy on the logits (the reference's
+  `nn.CrossEntropyLoss()`).
+* `reconstruction_loss`: the reference's `Attloss`, ``5 * mean(tanh(3 |x_org - att|))``.
+* `stn_loss`: the reference's `STNloss`,
+  ``10 * mean((warp(x_org, theta*) - warp(x_org, theta))^2)``.
+* `gaussian_space_loss`: the reference's `DGMMLoss` (Gaussian class memberships of the embedding,
+  with in-batch mixup), with a well-defined soft-label mixup mode (default) and a
+  `mixup_label_mode="reference"` mode that reproduces the reference bit for bit.
+* `embedding_norm`: ``||z||_2`` over the whole batch matrix (the reference's ``z.norm(2)``).
+
+`feratt_losses` composes them per trainer variant (reference.md 2.2). Layout: images are NHWC;
+every loss here is a mean over all elements, so the layout does not change the values.
+
+No function loops in Python over data; the only Python branching is on static options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+
+from feratt_jax.ops.spatial_transform import warp_affine
+
+__all__ = [
+    "VARIANT_TERMS",
+    "REFERENCE_EMBEDDING_NORM_WEIGHT",
+    "REFERENCE_SCALES_BY_BATCH_SIZE",
+    "cross_entropy",
+    "reconstruction_loss",
+    "stn_loss",
+    "gaussian_space_loss",
+    "gaussian_space_loss_with_mix",
+    "sample_mixup",
+    "embedding_norm",
+    "feratt_losses",
+    "reference_loss_options",
+]
+
+MixupLabelMode = Literal["soft", "reference"]
+
+# Added to the row sums of the membership matrix before normalising, as in the reference's
+# DGMMLoss (eps = 1e-15); it only matters for rows far from every class mean.
+_DGMM_EPS = 1e-15
+
+# Which loss terms each trainer variant adds up (reference.md 2.2). "classifier" is the
+# PreActResNet18-style baseline: cross-entropy only.
+VARIANT_TERMS: dict[str, tuple[str, ...]] = {
+    "classifier": ("cross_entropy",),
+    "attention": ("cross_entropy", "reconstruction"),
+    "attention_stn": ("cross_entropy", "reconstruction", "stn"),
+    "attention_gmm": ("cross_entropy", "gaussian_space", "reconstruction", "embedding_norm"),
+    "attention_gmm_stn": (
+        "cross_entropy",
+        "gaussian_space",
+        "reconstruction",
+        "stn",
+        "embedding_norm",
+    ),
+}
+
+# Weight of ||z||_2 in the reference trainers: AttentionGMMNeuralNet adds `0.0 * z.norm(2)`
+# (a no-op), AttentionGMMSTNNeuralNet adds `1e-4 * z.norm(2)` (reference.md 2.2, defect 9).
+REFERENCE_EMBEDDING_NORM_WEIGHT: dict[str, float] = {
+    "attention_gmm": 0.0,
+    "attention_gmm_stn": 1e-4,
+}
+
+# Whether the reference trainer back-propagates `loss * B` instead of `loss` (reference.md 2.2,
+# defect 9). HEAD has no trainer for the plain classifier; it is listed as unscaled.
+REFERENCE_SCALES_BY_BATCH_SIZE: dict[str, bool] = {
+    "classifier": False,
+    "attention": True,
+    "attention_stn": True,
+    "attention_gmm": False,
+    "attention_gmm_stn": True,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Single terms
+# ----------------------------------------------------------------------------------------------
+
+
+def cross_entropy(logits_BC: jax.Array, labels_B: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy, like `torch.nn.CrossEntropyLoss()` with integer targets.
+
+    Args:
+      logits_BC: (B, C) unnormalised scores.
+      labels_B: (B,) class indices; float labels (the reference's ``meta[:, 0]``) are truncated to
+        integers like ``.long()``.
+
+    Returns:
+      Scalar mean over the batch of ``-log softmax(logits)[label]``.
+    """
+    logits_BC = jnp.asarray(logits_BC)
+    labels_B = jnp.asarray(labels_B).astype(jnp.int32)
+    log_probs_BC = jax.nn.log_softmax(logits_BC, axis=-1)
+    picked_B = jnp.take_along_axis(log_probs_BC, labels_B[:, None], axis=-1)[:, 0]
+    return -jnp.mean(picked_B)
+
+
+def reconstruction_loss(x_org: jax.Array, reconstruction: jax.Array) -> jax.Array:
+    """The reference's `Attloss`: ``5 * mean(tanh(3 |x_org - reconstruction|))``.
+
+    The reference computes ``d = exp(6|x_org - att|)`` and ``(d - 1)/(d + 1)``, i.e.
+    ``(e^{6 delta} - 1)/(e^{6 delta} + 1)``, which equals ``tanh(3 delta)``; tanh is used here
+    because it cannot overflow (exp(6 delta) overflows float32 for delta > ~14.7). The reference's
+    ``clamp(max=30)`` never acts (every element is < 1) and is omitted, as is its unused mask.
+
+    Args:
+      x_org: clean target image (any shape, e.g. (B, H, W, 3)).
+      reconstruction: the model's reconstruction ("att"), same shape.
+
+    Returns:
+      Scalar loss in [0, 5).
+    """
+    x_org = jnp.asarray(x_org)
+    reconstruction = jnp.asarray(reconstruction)
+    if x_org.shape != reconstruction.shape:
+        raise ValueError(f"shape mismatch: x_org {x_org.shape} vs {reconstruction.shape}")
+    return 5.0 * jnp.mean(jnp.tanh(3.0 * jnp.abs(x_org - reconstruction)))
+
+
+def stn_loss(
+    x_org_BHWC: jax.Array, theta_pred_B23: jax.Array, theta_target_B23: jax.Array
+) -> jax.Array:
+    """The reference's `STNloss`: 10 x MSE between x_org warped by the target and by the prediction.
+
+    Both warps use PyTorch's `affine_grid`/`grid_sample` semantics (align_corners=False, bilinear,
+    zero padding) at x_org's own size. The gradient reaches `theta_pred_B23` through the bilinear
+    weights (and the target theta too, if it is not constant).
+
+    Args:
+      x_org_BHWC: (B, H, W, C) clean image.
+      theta_pred_B23: (B, 2, 3) predicted theta (or (B, 6)).
+      theta_target_B23: (B, 2, 3) target theta from the data generator (or (B, 6), the layout of
+        the reference's ``meta[:, 1:]``).
+
+    Returns:
+      Scalar ``10 * mean((warp(x_org, target) - warp(x_org, pred))^2)``.
+    """
+    x_org_BHWC = jnp.asarray(x_org_BHWC)
+    batch = x_org_BHWC.shape[0]
+    theta_pred_B23 = jnp.asarray(theta_pred_B23).reshape(batch, 2, 3)
+    theta_target_B23 = jnp.asarray(theta_target_B23).reshape(batch, 2, 3)
+    warped_target = warp_affine(x_org_BHWC, theta_target_B23)
+    warped_pred = warp_affine(x_org_BHWC, theta_pred_B23)
+    return 10.0 * jnp.mean((warped_target - warped_pred) ** 2)
+
+
+def embedding_norm(z: jax.Array) -> jax.Array:
+    """Frobenius norm of the whole batch matrix, the reference's ``z.norm(2)`` (not squared, not
+    averaged over the batch).
+
+    The gradient at z = 0 is defined as 0 (as in PyTorch) instead of the NaN of a plain sqrt.
+
+    Args:
+      z: (B, D) embeddings (any shape).
+
+    Returns:
+      Scalar ``sqrt(sum(z**2))``.
+    """
+    z = jnp.asarray(z)
+    squared = jnp.sum(z * z)
+    positive = squared > 0
+    safe = jnp.where(positive, squared, jnp.ones_like(squared))
+    return jnp.where(positive, jnp.sqrt(safe), jnp.zeros_like(squared))
+
+
+# ----------------------------------------------------------------------------------------------
+# Gaussian-space (DGMM) loss
+# ----------------------------------------------------------------------------------------------
+
+
+def sample_mixup(
+    rng: jax.Array, batch_size: int, *, alpha: float = 2.0, dtype: Any = jnp.float32
+) -> tuple[jax.Array, jax.Array]:
+    """Draws the reference's mixup parameters: one scalar lambda ~ Beta(alpha, alpha) per call and a
+    random permutation of the batch.
+
+    Args:
+      rng: PRNG key.
+      batch_size: B (static).
+      alpha: Beta parameter (the reference uses 2.0).
+      dtype: float dtype of lambda.
+
+    Returns:
+      (lam, perm_B): a scalar and an int32 permutation of ``arange(B)``.
+    """
+    rng_lam, rng_perm = jax.random.split(rng)
+    lam = jax.random.beta(rng_lam, alpha, alpha, dtype=dtype)
+    perm_B = jax.random.permutation(rng_perm, batch_size).astype(jnp.int32)
+    return lam, perm_B
+
+
+def _class_means(rows_ND: jax.Array, weights_NC: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Weighted class means and a presence mask.
+
+    Args:
+      rows_ND: (N, D) embeddings.
+      weights_NC: (N, C) non-negative membership weights (0/1 for hard labels).
+
+    Returns:
+      (means_CD, present_C): ``means[c] = sum_n w[n,c] x[n] / sum_n w[n,c]`` for classes with
+      positive total weight, 0 for the others (whose `present` entry is False).
+    """
+    counts_C = jnp.sum(weights_NC, axis=0)
+    present_C = counts_C > 0
+    # HIGHEST precision: the accelerator default may round f32 matmul inputs (TF32/bf16 passes).
+    sums_CD = jnp.einsum("nc,nd->cd", weights_NC, rows_ND, precision=jax.lax.Precision.HIGHEST)
+    safe_counts_C = jnp.where(present_C, counts_C, jnp.ones_like(counts_C))
+    return sums_CD / safe_counts_C[:, None], present_C
+
+
+def _gaussian_memberships(
+    rows_ND: jax.Array, means_CD: jax.Array, present_C: jax.Array, sigma: float
+) -> jax.Array:
+    """Normalised Gaussian memberships pi (N, C) of the reference's DGMMLoss.
+
+    ``pi[n, c] = exp(-||x_n - mu_c||^2 / (2 sigma^2))`` for present classes and 0 for absent ones
+    (the reference skips them and leaves the column at 0), then ``pi / (sum_c pi + 1e-15)``
+    clipped to [0, 1].
+    """
+    # Direct differences rather than the ||x||^2 + ||mu||^2 - 2 x.mu expansion: exact like the
+    # reference and never negative.
+    diff_NCD = rows_ND[:, None, :] - means_CD[None, :, :]
+    sq_dist_NC = jnp.sum(diff_NCD * diff_NCD, axis=-1)
+    gauss_NC = jnp.exp(-sq_dist_NC / (2.0 * sigma**2))
+    pi_NC = jnp.where(present_C[None, :], gauss_NC, jnp.zeros_like(gauss_NC))
+    pi_NC = pi_NC / (jnp.sum(pi_NC, axis=-1, keepdims=True) + _DGMM_EPS)
+    return jnp.clip(pi_NC, 0.0, 1.0)
+
+
+def gaussian_space_loss_with_mix(
+    embedding_BD: jax.Array,
+    labels_B: jax.Array,
+    lam: jax.Array | float | None,
+    perm_B: jax.Array | None,
+    *,
+    num_classes: int,
+    sigma: float = 0.5,
+    mixup_label_mode: MixupLabelMode = "soft",
+) -> jax.Array:
+    """DGMM loss with explicit mixup parameters (for parity tests and custom samplers).
+
+    Rows: the B embeddings, followed (when ``lam`` is given) by B mixed rows
+    ``lam * x + (1 - lam) * x[perm]``. The loss is ``mean_rows sum_c (pi - Y)^2`` with pi the
+    normalised Gaussian memberships to the class means (see `_gaussian_memberships`).
+
+    Modes for the class means mu_c and the targets Y:
+
+    * ``"soft"`` (default, a fix of reference defect 10). mu_c is the mean of the *un-mixed*
+      rows of class c (hard labels). Un-mixed rows have one-hot targets; mixed row i has the soft
+      target ``lam * onehot(y_i) + (1 - lam) * onehot(y_perm[i])``. Why un-mixed rows only: they
+      are the true class samples, so mu_c is the class centroid (mixed rows would pull it toward
+      other classes), every class that a soft target refers to is present among them (perm only
+      reorders the batch), so no target mass ever lands on a masked class, and without mixup
+      the loss is exactly the reference's. The reference's means differ only by also averaging in
+      the same-class mixes whose float label happens to equal c exactly.
+    * ``"reference"``: the reference's behaviour. Labels are mixed as floats
+      (``y * lam + y[perm] * (1 - lam)`` in float32), a row belongs to class c iff its float label
+      equals c exactly (so cross-class mixes usually have an all-zero target, and e.g. a 50/50
+      mix of classes 0 and 2 becomes class 1), mu_c is the mean over all 2B member rows.
+
+    In both modes a class with no member rows has a zero pi column (masked with `jnp.where`).
+
+    Args:
+      embedding_BD: (B, D) embeddings z.
+      labels_B: (B,) class labels (int or integer-valued float).
+      lam: scalar mixing weight, or None for no mixup (B rows only).
+      perm_B: (B,) permutation of the batch; required when `lam` is given.
+      num_classes: C (static).
+      sigma: Gaussian width (the reference's HEAD trainers use 0.5).
+      mixup_label_mode: "soft" or "reference" (static).
+
+    Returns:
+      Scalar loss.
+    """
+    if mixup_label_mode not in ("soft", "reference"):
+        raise ValueError(
+            f"mixup_label_mode must be 'soft' or 'reference', got {mixup_label_mode!r}"
+        )
+    if lam is not None and perm_B is None:
+        raise ValueError("perm_B is required when lam is given")
+    x_BD = jnp.asarray(embedding_BD)
+    labels_B = jnp.asarray(labels_B)
+    if x_BD.ndim != 2 or labels_B.shape != (x_BD.shape[0],):
+        raise ValueError(f"expected (B, D) and (B,), got {x_BD.shape} and {labels_B.shape}")
+    dtype = x_BD.dtype
+
+    if mixup_label_mode == "soft":
+        onehot_BC = jax.nn.one_hot(labels_B.astype(jnp.int32), num_classes, dtype=dtype)
+        means_CD, present_C = _class_means(x_BD, onehot_BC)
+        rows_ND, targets_NC = x_BD, onehot_BC
+        if lam is not None:
+            lam = jnp.asarray(lam, dtype=dtype)
+            x_mix_BD = lam * x_BD + (1.0 - lam) * x_BD[perm_B]
+            y_mix_BC = lam * onehot_BC + (1.0 - lam) * onehot_BC[perm_B]
+            rows_ND = jnp.concatenate([x_BD, x_mix_BD], axis=0)
+            targets_NC = jnp.concatenate([onehot_BC, y_mix_BC], axis=0)
+    else:
+        # Reference: float32 labels, mixed with the same float32 arithmetic as the torch code
+        # (lam is a float32 tensor there, so 1 - lam is rounded to float32 too).
+        y_B = labels_B.astype(jnp.float32)
+        rows_ND, y_N = x_BD, y_B
+        if lam is not None:
+            lam32 = jnp.asarray(lam, dtype=jnp.float32)
+            lam_x = lam32.astype(dtype)
+            x_mix_BD = x_BD * lam_x + x_BD[perm_B] * (1.0 - lam_x)
+            y_mix_B = y_B * lam32 + y_B[perm_B] * (jnp.float32(1.0) - lam32)
+            rows_ND = jnp.concatenate([x_BD, x_mix_BD], axis=0)
+            y_N = jnp.concatenate([y_B, y_mix_B], axis=0)
+        classes_1C = jnp.arange(num_classes, dtype=jnp.float32)[None, :]
+        targets_NC = (y_N[:, None] == classes_1C).astype(dtype)
+        means_CD, present_C = _class_means(rows_ND, targets_NC)
+
+    pi_NC = _gaussian_memberships(rows_ND, means_CD, present_C, sigma)
+    return jnp.mean(jnp.sum((pi_NC - targets_NC) ** 2, axis=-1))
+
+
+def gaussian_space_loss(
+    embedding_BD: jax.Array,
+    labels_B: jax.Array,
+    rng: jax.Array | None,
+    *,
+    num_classes: int,
+    sigma: float = 0.5,
+    mixup: bool = True,
+    mixup_label_mode: MixupLabelMode = "soft",
+    mixup_alpha: float = 2.0,
+) -> jax.Array:
+    """The reference's DGMM (Gaussian-space representation) loss with in-batch mixup.
+
+    Draws lambda ~ Beta(mixup_alpha, mixup_alpha) (one scalar per call) and a batch permutation
+    from `rng`, then calls `gaussian_space_loss_with_mix`; see there for the two label modes and
+    the masking of classes absent from the batch.
+
+    Args:
+      embedding_BD: (B, D) embeddings z.
+      labels_B: (B,) class labels.
+      rng: PRNG key; may be None when ``mixup=False``.
+      num_classes: C (static).
+      sigma: Gaussian width (reference HEAD: 0.5).
+      mixup: add the B mixed rows (the reference always does).
+      mixup_label_mode: "soft" (default) or "reference".
+      mixup_alpha: Beta parameter (reference: 2.0).
+
+    Returns:
+      Scalar loss.
+    """
+    embedding_BD = jnp.asarray(embedding_BD)
+    lam = perm_B = None
+    if mixup:
+        if rng is None:
+            raise ValueError("gaussian_space_loss needs an rng when mixup=True")
+        lam, perm_B = sample_mixup(
+            rng, embedding_BD.shape[0], alpha=mixup_alpha, dtype=embedding_BD.dtype
+        )
+    return gaussian_space_loss_with_mix(
+        embedding_BD,
+        labels_B,
+        lam,
+        perm_B,
+        num_classes=num_classes,
+        sigma=sigma,
+        mixup_label_mode=mixup_label_mode,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-variant composition (reference.md 2.2)
+# ----------------------------------------------------------------------------------------------
+
+
+def reference_loss_options(variant: str) -> dict[str, Any]:
+    """Keyword options of `feratt_losses` that reproduce the reference trainer of `variant`.
+
+    Returns ``{"scale_by_batch_size": ..., "embedding_norm_weight": ...}`` (the latter only for the
+    GMM variants) and, for the GMM variants, ``mixup_label_mode="reference"`` and ``sigma=0.5``.
+    """
+    if variant not in VARIANT_TERMS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANT_TERMS)}")
+    options: dict[str, Any] = {"scale_by_batch_size": REFERENCE_SCALES_BY_BATCH_SIZE[variant]}
+    if variant in REFERENCE_EMBEDDING_NORM_WEIGHT:
+        options["embedding_norm_weight"] = REFERENCE_EMBEDDING_NORM_WEIGHT[variant]
+        options["mixup_label_mode"] = "reference"
+        options["sigma"] = 0.5
+    return options
+
+
+def feratt_losses(
+    outputs: Mapping[str, jax.Array],
+    batch: Mapping[str, jax.Array],
+    rng: jax.Array | None = None,
+    *,
+    variant: str,
+    num_classes: int,
+    sigma: float = 0.5,
+    mixup: bool = True,
+    mixup_label_mode: MixupLabelMode = "soft",
+    mixup_alpha: float = 2.0,
+    cross_entropy_weight: float = 1.0,
+    reconstruction_weight: float = 1.0,
+    stn_weight: float = 1.0,
+    gaussian_space_weight: float = 1.0,
+    embedding_norm_weight: float | None = None,
+    scale_by_batch_size: bool = False,
+) -> dict[str, jax.Array]:
+    """All loss terms of one trainer variant, each separately, plus their weighted total.
+
+    Variants (reference.md 2.2):
+
+    ========================  ======================================================
+    ``"classifier"``          CE
+    ``"attention"``           CE + Att                       (reference ``attnet``)
+    ``"attention_stn"``       CE + Att + STN                 (``attstnnet``)
+    ``"attention_gmm"``       CE + DGMM + Att + 0.0 ||z||    (``attgmmnet``)
+    ``"attention_gmm_stn"``   CE + DGMM + Att + STN + 1e-4 ||z||  (``attgmmstnnet``)
+    ========================  ======================================================
+
+    The 5x (Att) and 10x (STN) factors live inside the terms, as in the reference; the
+    ``*_weight`` options multiply the terms on top of that (1.0 = the reference).
+
+    Args:
+      outputs: model outputs; uses ``logits`` (B, C), and per variant ``reconstruction``
+        (B, H, W, 3), ``theta`` (B, 2, 3), ``embedding`` (B, D).
+      batch: uses ``label`` (B,), and per variant ``x_org`` (B, H, W, 3) and ``theta`` (B, 2, 3)
+        or (B, 6).
+      rng: PRNG key for the DGMM mixup (GMM variants with ``mixup=True``).
+      variant: one of `VARIANT_TERMS` (static).
+      num_classes: C (static).
+      sigma, mixup, mixup_label_mode, mixup_alpha: DGMM options, see `gaussian_space_loss`.
+      cross_entropy_weight, reconstruction_weight, stn_weight, gaussian_space_weight: term weights.
+      embedding_norm_weight: weight of ``||z||_2``; None = the reference's weight for the variant
+        (0.0 for attention_gmm, 1e-4 for attention_gmm_stn).
+      scale_by_batch_size: multiply ``total`` by the batch size B (``logits.shape[0]``), as the
+        reference's attnet/attstnnet/attgmmstnnet trainers do before backward (attgmmnet does
+        not; see `REFERENCE_SCALES_BY_BATCH_SIZE` / `reference_loss_options`). Off by default:
+        under Adam it only changes the effective epsilon. With a sharded global batch, B is the
+        global batch size.
+
+    Returns:
+      Dict with the unweighted value of each term of the variant (keys among ``cross_entropy``,
+      ``reconstruction``, ``stn``, ``gaussian_space``, ``embedding_norm``), ``total_unscaled``
+      (the weighted sum, what the reference logs as its loss) and ``total`` (the quantity to
+      differentiate: ``total_unscaled``, times B when `scale_by_batch_size`).
+    """
+    if variant not in VARIANT_TERMS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANT_TERMS)}")
+    terms = VARIANT_TERMS[variant]
+    logits_BC = jnp.asarray(outputs["logits"])
+    labels_B = jnp.asarray(batch["label"])
+    if embedding_norm_weight is None:
+        embedding_norm_weight = REFERENCE_EMBEDDING_NORM_WEIGHT.get(variant, 0.0)
+
+    values: dict[str, jax.Array] = {}
+    weights: dict[str, float] = {}
+    values["cross_entropy"] = cross_entropy(logits_BC, labels_B)
+    weights["cross_entropy"] = cross_entropy_weight
+    if "gaussian_space" in terms:
+        values["gaussian_space"] = gaussian_space_loss(
+            outputs["embedding"],
+            labels_B,
+            rng,
+            num_classes=num_classes,
+            sigma=sigma,
+            mixup=mixup,
+            mixup_label_mode=mixup_label_mode,
+            mixup_alpha=mixup_alpha,
+        )
+        weights["gaussian_space"] = gaussian_space_weight
+    if "reconstruction" in terms:
+        values["reconstruction"] = reconstruction_loss(batch["x_org"], outputs["reconstruction"])
+        weights["reconstruction"] = reconstruction_weight
+    if "stn" in terms:
+        values["stn"] = stn_loss(batch["x_org"], outputs["theta"], batch["theta"])
+        weights["stn"] = stn_weight
+    if "embedding_norm" in terms:
+        values["embedding_norm"] = embedding_norm(outputs["embedding"])
+        weights["embedding_norm"] = embedding_norm_weight
+
+    total = sum(weights[name] * values[name] for name in terms)
+    values["total_unscaled"] = total
+    values["total"] = total * logits_BC.shape[0] if scale_by_batch_size else total
+    return values
