@@ -44,16 +44,74 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a config in a workdir (resumes automatically); extra --config.a.b=value override fields",
+    )
+    p.add_argument("--config", required=True, help="experiments/configs/NAME.py[:quick|tiny]")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first (multi-host)")
+    p.set_defaults(func=_run_train, accepts_overrides=True)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from feratt_jax import configs
+
+    config = configs.load_config(args.config, args.overrides)
+    if args.distributed or config.train.distributed:
+        import jax
+
+        jax.distributed.initialize()
+    from feratt_jax.train import train_and_evaluate
+
+    summary = train_and_evaluate(config, args.workdir)
+    if "test" in summary:
+        test = summary["test"]
+        print(
+            f"test accuracy {test['accuracy']:.4f}  macro-P {test['macro_precision']:.4f}  "
+            f"macro-R {test['macro_recall']:.4f}  reference-F1 {test['reference_f1']:.4f}  "
+            f"({test['num_examples']} images; {args.workdir}/eval/metrics.json)"
+        )
+    return 0
+
+
+def _add_eval(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a trained run's best checkpoint")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--split", choices=("val", "test"), default="test")
+    p.add_argument("--noise-sweep", action="store_true", help="accuracy under Gaussian noise sigma in 0.01..0.3")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from feratt_jax.evaluate import evaluate_run
+
+    report = evaluate_run(args.workdir, split=args.split, noise_sweep=args.noise_sweep)
+    print(json.dumps({k: report[k] for k in ("accuracy", "macro_precision", "macro_recall", "reference_f1", "macro_f1")}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="feratt", description="FERAtt in JAX/Flax")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_info(subparsers)
+    _add_train(subparsers)
+    _add_eval(subparsers)
+    from feratt_jax.interop.cli import add_convert_subcommand  # torch is imported only when it runs
+
+    add_convert_subcommand(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if a.startswith("--config.")]
+    unknown = [a for a in extra if not a.startswith("--config.")]
+    if unknown or (overrides and not getattr(args, "accepts_overrides", False)):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    args.overrides = overrides
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, ImportError) as err:

@@ -1,0 +1,14 @@
+"""FERAtt+Rep+Cls (the reference's attgmmnet/ferattentiongmm) on the synthetic benchmark.
+
+Full run (reference settings: batch 32, Adam+amsgrad lr 1e-4, 64x64):
+    feratt train --config experiments/configs/ferattentiongmm.py --workdir runs/ferattentiongmm
+CPU run of minutes:
+    feratt train --config experiments/configs/ferattentiongmm.py:quick --workdir runs/ferattentiongmm_quick
+"""
+
+from feratt_jax import configs
+
+
+def get_config(arg: str = ""):
+    c = configs.base_config("ferattentiongmm")
+    return configs.sized(c, arg)

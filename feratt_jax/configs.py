@@ -1,0 +1,210 @@
+"""Default configuration shared by every experiment config.
+
+Each file in ``experiments/configs/`` is a few lines on top of
+:func:`base_config`: it picks the model and the loss variant and sizes the
+run (big_vision style: one trainer, variants are configs). Library code reads
+plain values from the ConfigDict; nothing below imports the trainer.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import pathlib
+from typing import Any, Sequence
+
+import ml_collections
+
+# Loss variant of each model name, as the reference pairs trainers and archs.
+LOSS_VARIANT = {
+    "ferattention": "attention",
+    "ferattentiongmm": "attention_gmm",
+    "ferattentionstn": "attention_stn",
+    "ferattentiongmmstn": "attention_gmm_stn",
+    "preactresnet18": "classifier",
+    "resnet18": "classifier",
+    "cvgg13": "classifier",
+}
+
+
+def base_config(model_name: str) -> ml_collections.ConfigDict:
+    """The reference's settings (reference.md 4.2) for ``model_name``.
+
+    Batch 32, Adam with amsgrad at lr 1e-4 and no schedule, 64x64 images,
+    dim 32, sigma 0.5; subject-independent fold 0 of the synthetic benchmark.
+    """
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = model_name
+    c.model.num_classes = 8
+    c.model.dim = 32
+    c.model.backbone = "preactresnet18"  # FERAtt variants only
+    c.model.attention_channels = 0  # 0 = num_classes, as the reference ties them
+    c.model.input_size = 0  # 0 = the rendered image size; e.g. 32 for the paper's baseline
+    c.model.compute_dtype = "float32"  # or "bfloat16" (params stay float32)
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.variant = LOSS_VARIANT[model_name]
+    c.loss.sigma = 0.5
+    c.loss.mixup = True
+    c.loss.mixup_label_mode = "soft"  # "reference" reproduces the float-equality bug
+    c.loss.cross_entropy_weight = 1.0
+    c.loss.reconstruction_weight = 1.0
+    c.loss.stn_weight = 1.0
+    c.loss.gaussian_space_weight = 1.0
+    c.loss.embedding_norm_weight = -1.0  # < 0: the reference's weight for the variant
+    c.loss.scale_by_batch_size = False  # the reference's loss * B before backward
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adam"
+    c.optimizer.learning_rate = 1e-4
+    c.optimizer.amsgrad = True
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.schedule = "constant"  # or "cosine"
+    c.optimizer.warmup_steps = 0
+    c.optimizer.grad_clip_norm = 0.0  # 0 = off
+
+    # Fields of feratt_jax.data.pipeline.DataConfig (batch size and number of
+    # classes come from train/model); see its docstring for each.
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"
+    c.data.num_subjects = 300
+    c.data.intensities = 3
+    c.data.face_seed = 0
+    c.data.subjects_per_fold = 30
+    c.data.num_folds = 0  # 0 = num_subjects // subjects_per_fold
+    c.data.fold = 0
+    c.data.val_subjects = -1  # -1 = subjects_per_fold
+    c.data.image_size = 64
+    c.data.val_size = 1024
+    c.data.test_size = 2048
+    c.data.eval_seed = 1234
+    c.data.background_dir = ""  # a folder of the user's own images (e.g. COCO); "" = built-in
+    c.data.render_preset = "train"
+    c.data.eval_render_preset = "train"  # "eval" = the reference eval.py's harsher 45/0.3/0.2
+    c.data.cache_dir = ""  # "" = $FERATT_CACHE_DIR or ~/.cache/feratt_jax
+    c.data.loader = "auto"
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 32
+    c.train.num_steps = 90_000
+    c.train.log_every = 100
+    c.train.eval_every = 2_000
+    c.train.checkpoint_every = 2_000
+    c.train.keep_checkpoints = 3
+    c.train.image_log_every = 2_000
+    c.train.eval_batch_size = 128
+    c.train.profile = False
+    c.train.init_from = ""  # a model export dir (feratt convert) or another run's workdir
+    c.train.distributed = False
+    return c
+
+
+def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrink a config to a CPU run of minutes (the README's main job)."""
+    c.data.num_subjects = 120
+    c.data.subjects_per_fold = 12
+    c.data.val_size = 256
+    c.data.test_size = 512
+    c.train.batch_size = 32
+    c.train.num_steps = 600
+    c.train.log_every = 25
+    c.train.eval_every = 200
+    c.train.checkpoint_every = 200
+    c.train.image_log_every = 200
+    c.train.eval_batch_size = 128
+    c.optimizer.learning_rate = 1e-3
+    return c
+
+
+def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A config for tests: a handful of steps on a few subjects."""
+    c.data.num_subjects = 16
+    c.data.subjects_per_fold = 4
+    c.data.val_size = 16
+    c.data.test_size = 16
+    c.train.batch_size = 8
+    c.train.num_steps = 2
+    c.train.log_every = 1
+    c.train.eval_every = 2
+    c.train.checkpoint_every = 1
+    c.train.image_log_every = 0
+    c.train.eval_batch_size = 8
+    return c
+
+
+SIZES = {"": lambda c: c, "full": lambda c: c, "quick": quick, "tiny": tiny}
+
+
+def sized(c: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
+    """Apply the size named by a config argument ("" / full, quick, tiny)."""
+    if arg not in SIZES:
+        raise ValueError(f"unknown config argument {arg!r}; use one of {sorted(k for k in SIZES if k)}")
+    return SIZES[arg](c)
+
+
+# --------------------------------------------------------------------------
+# Loading "FILE[:ARG]" and "--config.a.b=value" overrides
+# --------------------------------------------------------------------------
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Load ``experiments/configs/x.py[:arg]`` and apply ``--config.key=value`` overrides.
+
+    Raises:
+      FileNotFoundError: the config file does not exist.
+      ValueError: the file has no ``get_config``, or an override names an
+        unknown field or has a value of the wrong type.
+    """
+    path_str, _, arg = spec.partition(":")
+    path = pathlib.Path(path_str)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location(f"feratt_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path} defines no get_config()")
+    config = module.get_config(arg) if arg else module.get_config()
+    apply_overrides(config, overrides)
+    return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
+    """Apply ``--config.a.b=value`` (or ``a.b=value``) strings in place."""
+    for item in overrides:
+        key, sep, raw = item.removeprefix("--").removeprefix("config.").partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not of the form --config.key=value")
+        parent = config
+        *path, leaf = key.split(".")
+        for part in path:
+            if part not in parent:
+                raise ValueError(f"unknown config field {key!r} (no {part!r})")
+            parent = parent[part]
+        if leaf not in parent:
+            raise ValueError(f"unknown config field {key!r}")
+        parent[leaf] = _coerce(raw, parent[leaf], key)
+
+
+def _coerce(raw: str, current: Any, key: str) -> Any:
+    if isinstance(current, str):
+        return raw
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError) as err:
+        raise ValueError(f"config field {key!r}: cannot parse {raw!r}") from err
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"config field {key!r} expects a bool, got {raw!r}")
+        return value
+    if isinstance(current, float) and isinstance(value, int):
+        return float(value)
+    if current is not None and not isinstance(value, type(current)):
+        raise ValueError(f"config field {key!r} expects {type(current).__name__}, got {raw!r}")
+    return value
