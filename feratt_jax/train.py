@@ -217,8 +217,8 @@ def make_train_step(
         metrics["accuracy"] = jnp.mean(jnp.argmax(outputs["logits"], -1) == rendered["label"])
         if "embedding" in outputs:
             metrics["gmm_accuracy"] = metrics_lib.nearest_class_mean_accuracy(outputs["embedding"], rendered["label"]) / 100.0
-        metrics["grad_norm"] = optax.global_norm(grads)
-        metrics["param_norm"] = optax.global_norm(params)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["param_norm"] = optax.tree.norm(params)
         metrics["learning_rate"] = schedule(state.step)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_batch_stats, opt_state=opt_state)
         return new_state, metrics

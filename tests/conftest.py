@@ -13,3 +13,12 @@ import jax  # noqa: E402
 
 # Catch silent broadcasting mistakes (nanodo does the same in its tests).
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Many tests compile the same train/eval steps (each trainer run jits anew);
+# a per-session persistent compilation cache turns the repeats into loads.
+import tempfile  # noqa: E402
+
+_compile_cache = tempfile.mkdtemp(prefix="feratt_jax_compile_cache_")
+jax.config.update("jax_compilation_cache_dir", _compile_cache)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

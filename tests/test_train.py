@@ -1,0 +1,221 @@
+"""The trainer: golden first step, sharded == unsharded, resume, preemption, NaN, corrupt checkpoints.
+
+Runs use the smallest real model (PreActResNet18 on 32x32 from the 64x64
+composite) and a 16-subject face bank, so each run is seconds of compute;
+the face bank is cached once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from feratt_jax import configs, sharding
+from feratt_jax import losses as losses_lib
+from feratt_jax import train as train_lib
+from feratt_jax.checkpointing import Checkpointer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("facebank_cache"))
+
+
+def tiny_config(cache_dir: str, model: str = "preactresnet18", **train_overrides):
+    c = configs.load_config(str(REPO / "experiments" / "configs" / f"{model}.py") + ":tiny")
+    c.data.cache_dir = cache_dir
+    c.data.loader = "numpy"  # no worker threads: deterministic and cheap in tests
+    c.train.eval_every = 1000
+    c.train.image_log_every = 0
+    for k, v in train_overrides.items():
+        c.train[k] = v
+    return c
+
+
+def _params(workdir, config):
+    """Latest checkpoint's params as numpy, restored through the real code path."""
+    data = train_lib.make_inputs(config)
+    _, _, _, init_state = train_lib.build_training(config, data.config.image_size)
+    abstract, _ = train_lib.abstract_train_state(init_state, jax.random.key(0), sharding.make_mesh())
+    ckpt = Checkpointer(workdir)
+    state, data_state, meta = ckpt.restore_latest(abstract)
+    ckpt.close()
+    return jax.device_get(state), data_state
+
+
+# ---------------------------------------------------------------- one step
+
+
+def _one_step(config, mesh):
+    """One train step of ``config`` on ``mesh``; returns (new state, metrics) on host."""
+    data = train_lib.make_inputs(config)
+    model, tx, schedule, init_state = train_lib.build_training(config, data.config.image_size)
+    abstract, shardings = train_lib.abstract_train_state(init_state, jax.random.key(0), mesh)
+    state = jax.jit(init_state, out_shardings=shardings)(jax.random.key(0))
+    render_config = data.render_config
+    step = jax.jit(
+        train_lib.make_train_step(model, tx, schedule, lambda b, r: train_lib.pipeline.render_train_batch(b, render_config), config),
+        in_shardings=(shardings, sharding.data_sharded(mesh), sharding.replicated(mesh)),
+        out_shardings=(shardings, sharding.replicated(mesh)),
+    )
+    batch = sharding.host_to_global(next(data.train), mesh)
+    new_state, metrics = step(state, batch, jax.random.key(1))
+    return jax.device_get(new_state), jax.device_get(metrics), jax.device_get(state)
+
+
+# Golden values of the first step of preactresnet18:tiny (seed 0). They change
+# when the model init, the face generator, the renderer or the loss change;
+# if such a change is intended, update them deliberately and say so in the
+# commit message.
+GOLDEN_FIRST_STEP = {"loss/cross_entropy": 2.1067247, "grad_norm": 11.526360, "param_norm": 70.666885}
+
+
+def test_one_step_changes_params_and_matches_golden_values(cache_dir):
+    config = tiny_config(cache_dir)
+    new_state, metrics, old_state = _one_step(config, sharding.make_mesh())
+    assert int(new_state.step) == 1
+    changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), old_state.params, new_state.params)
+    assert all(jax.tree.leaves(changed))
+    # With 8 classes and a fresh model the CE starts near log(8).
+    assert abs(float(metrics["loss/cross_entropy"]) - np.log(8)) < 0.7
+    for key, golden in GOLDEN_FIRST_STEP.items():
+        np.testing.assert_allclose(
+            float(metrics[key]),
+            golden,
+            rtol=1e-4,
+            err_msg=f"golden value of {key} changed: update GOLDEN_FIRST_STEP only if the change is intended",
+        )
+
+
+def test_sharded_step_equals_unsharded_step(cache_dir):
+    assert jax.device_count() == 8, "conftest forces 8 CPU devices"
+    config = tiny_config(cache_dir)
+    sharded, m8, _ = _one_step(config, Mesh(np.asarray(jax.devices()), ("data",)))
+    single, m1, _ = _one_step(config, Mesh(np.asarray(jax.devices()[:1]), ("data",)))
+    np.testing.assert_allclose(m8["loss/total"], m1["loss/total"], rtol=1e-5)
+    np.testing.assert_allclose(m8["grad_norm"], m1["grad_norm"], rtol=1e-4)
+    # Compare gradients through Adam's first moment (= 0.1 * grad after one
+    # step): the first Adam update itself is ~lr * sign(grad), whose sign is
+    # arbitrary for gradients at float-noise level, so params can only be
+    # compared to within 2 * lr.
+    # Relative to the norm, not per element: elements are sums of cancelling
+    # terms whose float32 error depends on the reduction order. The stem
+    # conv's kernel gradient sums 8*32*32 products per element and differs by
+    # ~2.5e-3 between 1 and 8 devices; per-device BatchNorm statistics (the bug
+    # this guards against) would move it by tens of percent, and the BN
+    # running statistics are checked tightly below.
+    mu8, mu1 = sharded.opt_state[0].mu, single.opt_state[0].mu
+    flat8 = np.concatenate([np.ravel(a) for a in jax.tree.leaves(mu8)])
+    flat1 = np.concatenate([np.ravel(a) for a in jax.tree.leaves(mu1)])
+    assert np.linalg.norm(flat8 - flat1) / np.linalg.norm(flat1) < 5e-3
+    for path, a, b in zip(_paths(mu8), jax.tree.leaves(mu8), jax.tree.leaves(mu1)):
+        rel = np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)
+        assert rel < 1e-2, f"gradient of {path} differs by {rel:.2e} (relative norm)"
+    lr = config.optimizer.learning_rate
+    for a, b in zip(jax.tree.leaves(sharded.params), jax.tree.leaves(single.params)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2.01 * lr)
+    # BatchNorm running statistics are those of the global batch in both.
+    for a, b in zip(jax.tree.leaves(sharded.batch_stats), jax.tree.leaves(single.batch_stats)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _paths(tree):
+    return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+# ------------------------------------------------------------------ resume
+
+
+def test_resume_is_bit_identical_to_a_straight_run(cache_dir, tmp_path):
+    straight = tiny_config(cache_dir, num_steps=4, checkpoint_every=4)
+    train_lib.train_and_evaluate(straight, tmp_path / "straight")
+
+    resumed_dir = tmp_path / "resumed"
+    for stop_at in (2, 3, 4):  # two resumes
+        c = tiny_config(cache_dir, num_steps=stop_at, checkpoint_every=1)
+        train_lib.train_and_evaluate(c, resumed_dir)
+    assert Checkpointer(resumed_dir).latest_step() == 4
+
+    a, data_a = _params(tmp_path / "straight", straight)
+    b, data_b = _params(resumed_dir, straight)
+    assert int(a.step) == int(b.step) == 4
+    for x, y in zip(jax.tree.leaves((a.params, a.batch_stats, a.opt_state)), jax.tree.leaves((b.params, b.batch_stats, b.opt_state))):
+        np.testing.assert_array_equal(x, y)
+    assert data_a == data_b
+
+
+# --------------------------------------------------------- failure handling
+
+
+def test_sigterm_finishes_the_step_saves_and_exits(cache_dir, tmp_path):
+    config = tiny_config(cache_dir, num_steps=10_000, checkpoint_every=10_000, log_every=1)
+    metrics_file = tmp_path / "metrics.jsonl"
+
+    def send_sigterm_after_first_step():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if metrics_file.exists() and "train/" in metrics_file.read_text():
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=send_sigterm_after_first_step, daemon=True).start()
+    result = train_lib.train_and_evaluate(config, tmp_path)
+    assert result["signal"] == "SIGTERM"
+    saved = Checkpointer(tmp_path).latest_step()
+    assert saved == result["stopped_at_step"] >= 1
+
+
+def test_injected_nan_stops_with_the_term_name_and_keeps_the_checkpoint(cache_dir, tmp_path, monkeypatch):
+    train_lib.train_and_evaluate(tiny_config(cache_dir, num_steps=2), tmp_path)
+    good, _ = _params(tmp_path, tiny_config(cache_dir))
+
+    real = losses_lib.feratt_losses
+
+    def poisoned(outputs, batch, rng=None, **kwargs):
+        terms = real(outputs, batch, rng, **kwargs)
+        terms["cross_entropy"] = terms["cross_entropy"] * jnp.nan
+        return terms
+
+    monkeypatch.setattr(losses_lib, "feratt_losses", poisoned)
+    with pytest.raises(FloatingPointError, match=r"'cross_entropy' became nan at step 3.*step 2\) is intact"):
+        train_lib.train_and_evaluate(tiny_config(cache_dir, num_steps=4), tmp_path)
+    assert Checkpointer(tmp_path).latest_step() == 2
+    after, _ = _params(tmp_path, tiny_config(cache_dir))
+    for x, y in zip(jax.tree.leaves(good.params), jax.tree.leaves(after.params)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_truncated_newest_checkpoint_falls_back_to_the_previous(cache_dir, tmp_path, capsys):
+    config = tiny_config(cache_dir, num_steps=2, checkpoint_every=1)
+    train_lib.train_and_evaluate(config, tmp_path)
+    newest = tmp_path / "checkpoints" / "2"
+    files = sorted(p for p in newest.rglob("*") if p.is_file() and p.stat().st_size > 0 and "state" in p.parts)
+    assert files, "expected array files in the newest checkpoint"
+    for p in files:
+        p.write_bytes(p.read_bytes()[: max(1, p.stat().st_size // 3)])
+    state, _ = _params(tmp_path, config)
+    assert int(state.step) == 1
+    assert "step 2" in capsys.readouterr().out
+
+
+def test_bad_override_and_batch_size_errors(cache_dir, tmp_path):
+    config = tiny_config(cache_dir)
+    with pytest.raises(ValueError, match="unknown config field 'train.nope'"):
+        configs.apply_overrides(config, ["--config.train.nope=1"])
+    with pytest.raises(ValueError, match="expects int"):
+        configs.apply_overrides(config, ["--config.train.batch_size=1.5"])
+    config.train.batch_size = 12  # 8 devices
+    with pytest.raises(ValueError, match="train.batch_size=12 is not divisible by the 8 devices"):
+        train_lib.train_and_evaluate(config, tmp_path)
