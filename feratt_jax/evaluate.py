@@ -51,7 +51,7 @@ class LoadedRun:
         self.image_size = int(self.config.data.image_size)
         self.mesh = sharding.make_mesh()
         self.model, _, _, init_state = build_training(self.config, self.image_size)
-        abstract, _ = abstract_train_state(init_state, jax.random.key(0), self.mesh)
+        abstract, _ = abstract_train_state(init_state, self.mesh)
         checkpointer = Checkpointer(self.workdir, keep=int(self.config.train.keep_checkpoints))
         restored = checkpointer.restore_best(abstract) if which == "best" else None
         if restored is None:

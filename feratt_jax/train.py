@@ -131,13 +131,19 @@ def loss_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def build_training(config: ml_collections.ConfigDict, image_size: int):
-    """Model, optimizer, schedule and a pure ``init_state(rng)`` for a config."""
+    """Model, optimizer, schedule and a pure ``init_state()`` for a config.
+
+    The init key is derived from ``config.seed`` inside the function, so the
+    jitted init takes no host array: the same call works on every process of
+    a multi-host run.
+    """
     model = build_model_from_config(config.model)
     schedule = make_learning_rate(config.optimizer, config.train.num_steps)
     tx = make_optimizer(config.optimizer, schedule)
     sample = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
 
-    def init_state(rng: jax.Array) -> TrainState:
+    def init_state() -> TrainState:
+        rng = jax.random.fold_in(jax.random.key(config.seed), 0)
         variables = model.init({"params": rng, "dropout": rng}, model_input(sample, config.model.input_size), train=False)
         params = variables["params"]
         return TrainState(
@@ -150,10 +156,10 @@ def build_training(config: ml_collections.ConfigDict, image_size: int):
     return model, tx, schedule, init_state
 
 
-def abstract_train_state(init_state: Callable, rng: jax.Array, mesh: Any) -> tuple[Any, Any]:
+def abstract_train_state(init_state: Callable, mesh: Any) -> tuple[Any, Any]:
     """Shapes of the state with replicated shardings attached, and those shardings."""
     repl = sharding.replicated(mesh)
-    shapes = jax.eval_shape(init_state, rng)
+    shapes = jax.eval_shape(init_state)
     shardings = jax.tree.map(lambda _: repl, shapes)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
     return abstract, shardings
@@ -182,18 +188,23 @@ def make_train_step(
     schedule: optax.Schedule,
     render: Callable[[Mapping[str, jax.Array], jax.Array], dict[str, jax.Array]],
     config: ml_collections.ConfigDict,
-) -> Callable[[TrainState, Mapping[str, jax.Array], jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
-    """``train_step(state, batch, base_rng) -> (state, scalar metrics)``.
+) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    """``train_step(state, batch) -> (state, scalar metrics)``.
 
     The composite is rendered on the device inside the step, so the host
     only ships raw faces and background crops. The step's randomness is
-    ``fold_in(base_rng, step)``: a resumed run draws exactly what an
+    ``fold_in(key(seed), step)``: a resumed run draws exactly what an
     uninterrupted one would, with no RNG state in the checkpoint.
     """
     loss_kwargs = loss_options(config)
     input_size = config.model.input_size
 
-    def train_step(state: TrainState, batch: Mapping[str, jax.Array], base_rng: jax.Array):
+    seed = config.seed
+
+    def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
+        # Built inside the step from the static seed: no key crosses the
+        # host/device boundary, which keeps multi-host calls trivially global.
+        base_rng = jax.random.fold_in(jax.random.key(seed), 1)
         rng = jax.random.fold_in(base_rng, state.step)
         render_rng, dropout_rng, loss_rng = jax.random.split(rng, 3)
         rendered = render(batch, render_rng)
@@ -381,8 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     # ----------------------------------------------- model and optimizer
     model, tx, schedule, init_state = build_training(config, data.config.image_size)
-    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-    abstract_state, state_sharding = abstract_train_state(init_state, init_rng, mesh)
+    abstract_state, state_sharding = abstract_train_state(init_state, mesh)
 
     # -------------------------------------------------- checkpoint/resume
     checkpointer = Checkpointer(workdir, keep=tc.keep_checkpoints)
@@ -394,7 +404,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         best_val_accuracy = float(meta.get("best_val_accuracy", -1.0))
         print(f"resumed from {workdir / 'checkpoints'} at step {int(state.step)}", flush=True)
     else:
-        state = jax.jit(init_state, out_shardings=state_sharding)(init_rng)
+        state = jax.jit(init_state, out_shardings=state_sharding)()
         if tc.init_from:
             state = _initialise_from(state, tc.init_from, repl)
             print(f"initialised weights from {tc.init_from}", flush=True)
@@ -402,12 +412,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     # -------------------------------------------------------- step functions
     train_step = jax.jit(
         make_train_step(model, tx, schedule, render, config),
-        in_shardings=(state_sharding, sharding.data_sharded(mesh), repl),
+        in_shardings=(state_sharding, sharding.data_sharded(mesh)),
         out_shardings=(state_sharding, repl),
         donate_argnums=(0,),  # the old state's buffers become the new state's
     )
     eval_step = jax.jit(make_eval_step(model, config), out_shardings=repl)
-    train_rng = jax.device_put(train_rng, repl)
 
     writer = MetricWriter(workdir)
     stop = StopRequested()
@@ -436,7 +445,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         while step < tc.num_steps:
             t0 = time.perf_counter()
             global_batch = sharding.host_to_global(host_batch, mesh)
-            state, metrics = train_step(state, global_batch, train_rng)
+            state, metrics = train_step(state, global_batch)
             # Prepare the next host batch while the device computes this step.
             t_data = time.perf_counter()
             host_batch = next(train_iter) if step + 1 < tc.num_steps else None
