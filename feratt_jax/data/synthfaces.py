@@ -1,0 +1,765 @@
+"""Procedural FACS-driven face generator ("synthfacs"), the embedded default dataset.
+
+No package ships expression-labelled faces (data.md section 2), so the default
+dataset is drawn: a parametric 2D face whose identity (shape, tone, hair,
+feature placement, texture) comes from a per-subject random vector and whose
+expression is a vector of FACS action-unit (AU) intensities sampled from an
+EMFACS-style prototype per class (data.md 4.3), times a random gain, plus
+nuisance noise on every AU.
+
+The output matches the reference's "dark" datasets (reference.md 5.2), which
+is what the FERAtt compositing renderer consumes:
+
+* ``image``: (128, 128) uint8 grey face on black, ``uint8(clip((v + 0.2) * mask))``
+  so every face pixel is >= 51;
+* ``mask``: (128, 128) uint8 soft mask (anti-aliased head silhouette, 0..255);
+* ``landmarks``: (68, 2) float32 (x, y) in iBUG order, pixel units with pixel
+  centres at integer coordinates (the dlib / iBUG convention);
+* ``label``: int in the unified order 0 Neutral, 1 Happiness, 2 Surprise,
+  3 Sadness, 4 Anger, 5 Disgust, 6 Fear, 7 Contempt;
+* ``subject``: int identity id;
+* ``action_units``: (len(AU_NAMES),) float32 intensities in [0, 1].
+
+Everything is deterministic from ``(seed, subject, label, index)``: identity
+parameters from ``(seed, subject)``, expression and nuisance from all four.
+This module deliberately depends on numpy and scipy only (no JAX), so face
+banks can be built in worker processes cheaply.
+
+Geometry is written in canvas units (fractions of the 128 px side, x right,
+y down); the rasteriser works in continuous pixel coordinates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from feratt_jax.data._raster import (
+    bezier_at,
+    control_for_mid,
+    ellipse_poly,
+    polygon_coverage,
+    quad_bezier,
+    thick_curve,
+)
+
+# Bump whenever the drawing changes: it is part of the face-bank cache key.
+GENERATOR_VERSION = 1
+
+FACE_SIZE = 128
+NUM_LANDMARKS = 68
+NUM_CLASSES = 8
+CLASS_NAMES = (
+    "neutral",
+    "happiness",
+    "surprise",
+    "sadness",
+    "anger",
+    "disgust",
+    "fear",
+    "contempt",
+)
+
+# Bilateral AUs, then unilateral ones (L = image left, R = image right).
+AU_NAMES = (
+    "AU1", "AU2", "AU4", "AU5", "AU6", "AU7", "AU9", "AU10", "AU12", "AU15",
+    "AU17", "AU20", "AU23", "AU24", "AU25", "AU26", "L12", "R12", "L14", "R14",
+)
+_AU = {name: i for i, name in enumerate(AU_NAMES)}
+
+# EMFACS-style class prototypes (data.md 4.3). Contempt's unilateral AUs are
+# written as "U12"/"U14" and resolved to a random side per face.
+PROTOTYPES: dict[int, dict[str, float]] = {
+    0: {},
+    1: {"AU6": 1.0, "AU12": 1.0, "AU25": 0.5},
+    2: {"AU1": 1.0, "AU2": 1.0, "AU5": 1.0, "AU26": 1.0, "AU25": 1.0},
+    3: {"AU1": 1.0, "AU4": 0.7, "AU15": 1.0, "AU17": 0.5},
+    4: {"AU4": 1.0, "AU5": 0.6, "AU7": 1.0, "AU23": 1.0, "AU24": 0.6},
+    5: {"AU9": 1.0, "AU10": 1.0, "AU15": 0.6, "AU17": 0.5, "AU4": 0.4},
+    6: {"AU1": 1.0, "AU2": 0.6, "AU4": 1.0, "AU5": 1.0, "AU7": 0.4, "AU20": 1.0, "AU26": 0.6},
+    7: {"U12": 1.0, "U14": 1.0},
+}
+
+# Realistic skin luminances (dark to light, already in grey) and hair shades;
+# sampling along a palette avoids implausible tones (data.md 4.3).
+_SKIN_STOPS = np.array([0.30, 0.40, 0.50, 0.58, 0.65, 0.72])
+_HAIR_SHADES = np.array([0.06, 0.12, 0.20, 0.32, 0.45, 0.58, 0.68])
+
+# Stream tags keep identity and per-face random streams independent.
+_ID_STREAM = 0x1D
+_FACE_STREAM = 0xFA
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorConfig:
+    """Parameters of the face generator (all part of the cache key).
+
+    Attributes:
+      gain_range: range of the expression gain (the "intensity level").
+      au_noise: std of the Gaussian nuisance added to every AU before clipping.
+      pose_jitter: std of the small in-plane roll (radians) applied per face;
+        shift and scale jitter are proportional to it.
+      blur_sigma: final Gaussian blur in pixels (softens the drawing).
+      texture_amplitude: amplitude of the per-identity band-pass skin texture.
+      lighting_amplitude: max amplitude of the per-face directional shading.
+      glasses_prob: probability an identity wears glasses (distractor).
+      beard_prob: probability an identity has a beard (distractor).
+      bald_prob: probability an identity has no hair.
+      floor: the dark format's additive floor (0.2 gives face pixels >= 51).
+    """
+
+    gain_range: tuple[float, float] = (0.5, 1.0)
+    au_noise: float = 0.07
+    pose_jitter: float = 0.035
+    blur_sigma: float = 0.6
+    texture_amplitude: float = 0.025
+    lighting_amplitude: float = 0.12
+    glasses_prob: float = 0.1
+    beard_prob: float = 0.1
+    bald_prob: float = 0.12
+    floor: float = 0.2
+
+    def __post_init__(self) -> None:
+        lo, hi = self.gain_range
+        if not 0.0 <= lo <= hi <= 1.5:
+            raise ValueError(f"gain_range must satisfy 0 <= lo <= hi <= 1.5, got {self.gain_range}")
+        for name in ("glasses_prob", "beard_prob", "bald_prob"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"GeneratorConfig.{name} must be a probability in [0, 1], got {p}")
+        for name in ("au_noise", "pose_jitter", "blur_sigma", "texture_amplitude", "lighting_amplitude"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"GeneratorConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.floor < 1.0:
+            raise ValueError(f"GeneratorConfig.floor must be in [0, 1), got {self.floor}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "GeneratorConfig":
+        """Builds a config from a mapping (e.g. an ml_collections ConfigDict's ``to_dict()``).
+
+        Raises:
+          ValueError: on unknown keys.
+        """
+        if d is None:
+            return cls()
+        if isinstance(d, cls):
+            return d
+        d = dict(d)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"Unknown GeneratorConfig keys {unknown}; valid keys: {sorted(names)}")
+        if "gain_range" in d:
+            d["gain_range"] = tuple(float(v) for v in d["gain_range"])
+        return cls(**d)
+
+    def cache_token(self) -> str:
+        """Stable text for the face-bank cache key."""
+        return repr(sorted(dataclasses.asdict(self).items()))
+
+
+@dataclasses.dataclass
+class Identity:
+    """Per-subject appearance parameters, reused across all expressions."""
+
+    subject: int
+    cx: float
+    cy: float
+    face_a: float
+    face_b: float
+    chin_b: float
+    jaw_taper: float
+    skin: float
+    hair: float | None
+    hair_drop: float
+    hair_volume: float
+    hair_side: float
+    eye_dx: float
+    eye_dy: float
+    eye_hw: float
+    eye_h: float
+    eye_lower: float
+    eye_tilt: float
+    iris_r: float
+    iris_lum: float
+    sclera_lum: float
+    brow_gap: float
+    brow_len: float
+    brow_th: float
+    brow_h: float
+    brow_arch: float
+    brow_lum: float
+    nose_len: float
+    nose_w: float
+    mouth_dy: float
+    mouth_hw: float
+    lip_u: float
+    lip_l: float
+    lip_lum: float
+    asym: np.ndarray  # (4,) small per-side offsets: eye y, brow y, corner y, brow x
+    glasses: bool
+    beard: float
+    mole: tuple[float, float] | None
+    texture: np.ndarray  # (FACE_SIZE, FACE_SIZE) float32 band-pass noise
+
+
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+    """Independent deterministic stream for a tuple of non-negative integers."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, GENERATOR_VERSION, *(int(k) for k in keys)])
+
+
+def sample_identity(seed: int, subject: int, config: GeneratorConfig = GeneratorConfig()) -> Identity:
+    """Samples the appearance of one subject.
+
+    Args:
+      seed: dataset seed.
+      subject: non-negative subject id.
+      config: generator parameters.
+
+    Returns:
+      The subject's :class:`Identity`.
+    """
+    if subject < 0:
+        raise ValueError(f"subject must be >= 0, got {subject}")
+    r = _rng(seed, _ID_STREAM, subject)
+    u = r.uniform
+    skin = float(np.interp(u(0, len(_SKIN_STOPS) - 1), np.arange(len(_SKIN_STOPS)), _SKIN_STOPS))
+    skin = float(np.clip(skin + r.normal(0, 0.02), 0.25, 0.76))
+    hair = None if u() < config.bald_prob else float(_HAIR_SHADES[r.integers(len(_HAIR_SHADES))] + r.normal(0, 0.02))
+    brow_base = hair if hair is not None else skin * 0.5
+    brow_lum = float(np.clip(min(brow_base, skin * 0.55) + r.normal(0, 0.02), 0.03, 0.6))
+    # Band-pass texture: breaks up flat regions a CNN could latch on to.
+    noise = r.standard_normal((FACE_SIZE, FACE_SIZE)).astype(np.float32)
+    tex = ndimage.gaussian_filter(noise, 1.0) - ndimage.gaussian_filter(noise, 4.0)
+    tex *= config.texture_amplitude / max(float(tex.std()), 1e-6)
+    mole = None
+    if u() < 0.25:
+        mole = (float(u(-0.22, 0.22)), float(u(-0.05, 0.3)))
+    return Identity(
+        subject=int(subject),
+        cx=0.5 + float(r.normal(0, 0.008)),
+        cy=0.53 + float(r.normal(0, 0.008)),
+        face_a=float(u(0.30, 0.36)),
+        face_b=float(u(0.40, 0.45)),
+        chin_b=float(u(0.95, 1.02)),
+        jaw_taper=float(u(0.10, 0.30)),
+        skin=skin,
+        hair=hair,
+        hair_drop=float(u(0.08, 0.16)),
+        hair_volume=float(u(0.01, 0.05)),
+        hair_side=float(u(0.05, 0.6)),
+        eye_dx=float(u(0.135, 0.165)),
+        eye_dy=float(u(-0.085, -0.045)),
+        eye_hw=float(u(0.058, 0.072)),
+        eye_h=float(u(0.024, 0.034)),
+        eye_lower=float(u(0.45, 0.65)),
+        eye_tilt=float(u(-0.012, 0.006)),
+        iris_r=float(u(0.019, 0.025)),
+        iris_lum=float(u(0.12, 0.5)),
+        sclera_lum=float(u(0.68, 0.78)),
+        brow_gap=float(u(0.03, 0.05)),
+        brow_len=float(u(0.12, 0.15)),
+        brow_th=float(u(0.018, 0.03)),
+        brow_h=float(u(0.065, 0.09)),
+        brow_arch=float(u(0.008, 0.022)),
+        brow_lum=brow_lum,
+        nose_len=float(u(0.14, 0.18)),
+        nose_w=float(u(0.035, 0.05)),
+        mouth_dy=float(u(0.085, 0.11)),
+        mouth_hw=float(u(0.105, 0.135)),
+        lip_u=float(u(0.012, 0.02)),
+        lip_l=float(u(0.016, 0.026)),
+        lip_lum=float(skin * u(0.6, 0.82)),
+        asym=r.normal(0, 0.004, size=4),
+        glasses=bool(u() < config.glasses_prob),
+        beard=float(u(0.25, 0.5)) if u() < config.beard_prob else 0.0,
+        mole=mole,
+        texture=tex.astype(np.float32),
+    )
+
+
+def sample_action_units(
+    label: int, rng: np.random.Generator, config: GeneratorConfig = GeneratorConfig()
+) -> np.ndarray:
+    """AU intensities for one face: prototype x gain + nuisance, clipped to [0, 1].
+
+    Args:
+      label: class in the unified order.
+      rng: random stream of this face.
+      config: generator parameters.
+
+    Returns:
+      (len(AU_NAMES),) float32 vector.
+    """
+    if not 0 <= label < NUM_CLASSES:
+        raise ValueError(f"label must be in [0, {NUM_CLASSES}), got {label}")
+    au = np.zeros(len(AU_NAMES), np.float64)
+    gain = rng.uniform(*config.gain_range)
+    side = "L" if rng.uniform() < 0.5 else "R"
+    for name, w in PROTOTYPES[label].items():
+        if name.startswith("U"):
+            name = side + name[1:]
+        au[_AU[name]] = w * gain
+    au += rng.normal(0.0, config.au_noise, size=au.shape)
+    return np.clip(au, 0.0, 1.0).astype(np.float32)
+
+
+class _Canvas:
+    """Painter's-algorithm canvas in canvas units, with a pose transform."""
+
+    def __init__(self, size: int, pose: np.ndarray):
+        self.size = size
+        self.lum = np.zeros((size, size), np.float32)
+        self.alpha = np.zeros((size, size), np.float32)
+        self.pose = pose  # (2, 3) affine in canvas units
+
+    def to_px(self, pts: np.ndarray) -> np.ndarray:
+        """Canvas units -> continuous pixel coordinates, after the pose jitter."""
+        p = pts @ self.pose[:, :2].T + self.pose[:, 2][None, :]
+        return p * self.size
+
+    def fill(self, pts: np.ndarray, value: float, opacity: float = 1.0, to_mask: bool = False, sub: int = 4) -> None:
+        """Paints polygon ``pts`` ((N, 2) canvas units) with luminance ``value``."""
+        if opacity <= 0.0:
+            return
+        p = self.to_px(pts)
+        out = polygon_coverage(p[:, 0], p[:, 1], self.size, self.size, sub=sub)
+        if out is None:
+            return
+        cov, r0, c0 = out
+        h, w = cov.shape
+        a = cov * opacity
+        win = self.lum[r0 : r0 + h, c0 : c0 + w]
+        win += a * (value - win)
+        if to_mask:
+            m = self.alpha[r0 : r0 + h, c0 : c0 + w]
+            np.maximum(m, cov, out=m)
+
+    def scale(self, pts: np.ndarray, factor: float, opacity: float = 1.0) -> None:
+        """Multiplies the luminance inside polygon ``pts`` by ``factor`` (shadows, wrinkles)."""
+        if opacity <= 0.0:
+            return
+        p = self.to_px(pts)
+        out = polygon_coverage(p[:, 0], p[:, 1], self.size, self.size)
+        if out is None:
+            return
+        cov, r0, c0 = out
+        h, w = cov.shape
+        win = self.lum[r0 : r0 + h, c0 : c0 + w]
+        win *= 1.0 + cov * opacity * (factor - 1.0)
+
+
+def _outline(idn: Identity, t: np.ndarray, jaw_drop: float) -> np.ndarray:
+    """Head outline points at angles ``t`` (0 = image right, pi/2 = chin)."""
+    s, c = np.sin(t), np.cos(t)
+    low = np.maximum(s, 0.0)
+    x = idn.cx + idn.face_a * c * (1.0 - idn.jaw_taper * low**2)
+    b = np.where(s > 0, idn.face_b * idn.chin_b + 0.04 * jaw_drop, idn.face_b)
+    y = idn.cy + b * s
+    return np.stack([x, y], axis=1)
+
+
+def _gauss_blob(xx: np.ndarray, yy: np.ndarray, x0: float, y0: float, sx: float, sy: float) -> np.ndarray:
+    return np.exp(-0.5 * (((xx - x0) / sx) ** 2 + ((yy - y0) / sy) ** 2))
+
+
+_GRID_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    if size not in _GRID_CACHE:
+        c = (np.arange(size, dtype=np.float32) + 0.5) / size
+        _GRID_CACHE[size] = (np.broadcast_to(c[None, :], (size, size)), np.broadcast_to(c[:, None], (size, size)))
+    return _GRID_CACHE[size]
+
+
+def render_face(
+    idn: Identity,
+    au: np.ndarray,
+    rng: np.random.Generator,
+    config: GeneratorConfig = GeneratorConfig(),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draws one face.
+
+    Args:
+      idn: the subject's identity.
+      au: (len(AU_NAMES),) AU intensities.
+      rng: random stream of this face (pose jitter, gaze, lighting).
+      config: generator parameters.
+
+    Returns:
+      ``(image, mask, landmarks)``: (128, 128) uint8 dark face, (128, 128)
+      uint8 soft mask, (68, 2) float32 (x, y) landmarks in pixel-centre units.
+    """
+    a = {name: float(au[i]) for i, name in enumerate(AU_NAMES)}
+    size = FACE_SIZE
+    # --- per-face nuisance: small similarity jitter about the face centre.
+    roll = rng.normal(0.0, config.pose_jitter)
+    zoom = 1.0 + rng.normal(0.0, 0.6 * config.pose_jitter)
+    shift = rng.normal(0.0, 0.3 * config.pose_jitter, size=2)
+    cr, sr = math.cos(roll) * zoom, math.sin(roll) * zoom
+    lin = np.array([[cr, -sr], [sr, cr]])
+    ctr = np.array([idn.cx, idn.cy])
+    pose = np.concatenate([lin, (ctr - lin @ ctr + shift)[:, None]], axis=1)
+    cv = _Canvas(size, pose)
+    skin = idn.skin
+    cx, cy = idn.cx, idn.cy
+    lms = np.zeros((NUM_LANDMARKS, 2), np.float64)
+
+    # --- head and hair (both define the mask)
+    jaw_drop = a["AU26"]
+    t_full = np.linspace(0.0, 2 * np.pi, 72, endpoint=False)
+    head = _outline(idn, t_full, jaw_drop)
+    cv.fill(head, skin, to_mask=True, sub=3)
+    # Jaw landmarks 0..16: from the image-left ear level, round the chin, to the right.
+    delta = 0.15
+    t_jaw = (np.pi + delta) - np.arange(17) * (np.pi + 2 * delta) / 16.0
+    jaw = _outline(idn, t_jaw, jaw_drop)
+    lms[0:17] = ctr[None, :] + 0.96 * (jaw - ctr[None, :])
+
+    tip_y = cy + idn.eye_dy + idn.nose_len
+    mouth_y = tip_y + idn.mouth_dy
+    if idn.beard > 0:
+        # Lower-face polygon: the outline below the nose-tip line.
+        tb = np.linspace(-0.25, np.pi + 0.25, 40)
+        pts = _outline(idn, tb, jaw_drop)
+        pts = pts[pts[:, 1] > tip_y + 0.02]
+        if len(pts) > 2:
+            cv.scale(pts, 1.0 - idn.beard)
+
+    if idn.hair is not None:
+        side = idn.hair_side
+        t_out = np.linspace(np.pi + side - 0.08, 2 * np.pi - side + 0.08, 40)
+        outer = ctr[None, :] + (1.0 + idn.hair_volume / idn.face_b) * (_outline(idn, t_out, 0.0) - ctr[None, :])
+        p_r = _outline(idn, np.array([2 * np.pi - side]), 0.0)[0]
+        p_l = _outline(idn, np.array([np.pi + side]), 0.0)[0]
+        mid = np.array([cx, cy - idn.face_b + idn.hair_drop])
+        line = quad_bezier(p_r, control_for_mid(p_r, mid, p_l), p_l, 16)
+        cv.fill(np.concatenate([outer, line], axis=0), idn.hair, to_mask=True, sub=3)
+
+    # --- eyes
+    eye_out: dict[int, dict[str, np.ndarray]] = {}
+    up_ap = idn.eye_h * (1 + 0.8 * a["AU5"]) * (1 - 0.45 * a["AU7"]) * (1 - 0.15 * a["AU4"]) * (1 - 0.1 * a["AU6"])
+    lo_ap = idn.eye_h * idn.eye_lower * (1 + 0.3 * a["AU5"]) * (1 - 0.7 * a["AU6"]) * (1 - 0.45 * a["AU7"])
+    lo_ap = max(lo_ap, 0.002)
+    gaze = rng.uniform(-0.3, 0.3) * idn.eye_hw
+    for s in (-1, 1):
+        k = 0 if s < 0 else 1
+        ex = cx + s * idn.eye_dx
+        ey = cy + idn.eye_dy + (idn.asym[0] if s < 0 else -idn.asym[0])
+        inner = np.array([ex - s * idn.eye_hw, ey])
+        outer = np.array([ex + s * idn.eye_hw, ey + idn.eye_tilt])
+        mid = 0.5 * (inner + outer)
+        c_up = control_for_mid(inner, mid - np.array([0.0, up_ap]), outer)
+        c_lo = control_for_mid(inner, mid + np.array([0.0, lo_ap]), outer)
+        upper = quad_bezier(inner, c_up, outer, 14)
+        lower = quad_bezier(inner, c_lo, outer, 14)
+        eye_poly = np.concatenate([upper, lower[::-1]], axis=0)
+        cv.fill(eye_poly, idn.sclera_lum)
+        # Iris and pupil: drawn as discs, then the lids are re-drawn over them
+        # as skin-coloured "eyelid" polygons so the iris is clipped by the lids.
+        ic = np.array([ex + gaze, ey - 0.15 * up_ap])
+        cv.fill(ellipse_poly(ic[0], ic[1], idn.iris_r, idn.iris_r, 20), idn.iris_lum)
+        cv.fill(ellipse_poly(ic[0], ic[1], 0.45 * idn.iris_r, 0.45 * idn.iris_r, 14), 0.04)
+        lid_top = np.concatenate([upper, (upper - np.array([0.0, idn.iris_r * 2.2]))[::-1]], axis=0)
+        lid_bot = np.concatenate([lower, (lower + np.array([0.0, idn.iris_r * 2.2]))[::-1]], axis=0)
+        cv.fill(lid_top, skin * 0.93)
+        cv.fill(lid_bot, skin * 0.97)
+        # Upper lid line (lashes) and a faint crease above it.
+        cv.fill(thick_curve(upper, 0.006, 0.008), 0.06)
+        crease = upper - np.array([0.0, 0.012 + 0.25 * up_ap])
+        cv.scale(thick_curve(crease[2:-1], 0.004), 0.8)
+        cv.scale(thick_curve(lower[1:-1], 0.003), 0.85)
+        eye_out[k] = {"inner": inner, "outer": outer, "c_up": c_up, "c_lo": c_lo, "center": np.array([ex, ey])}
+        # iBUG: 36-41 image-left eye from the outer corner, 42-47 image-right eye from the inner corner.
+        if s < 0:
+            up_pts = bezier_at(outer, c_up, inner, np.array([1 / 3, 2 / 3]))
+            lo_pts = bezier_at(outer, c_lo, inner, np.array([2 / 3, 1 / 3]))
+            lms[36], lms[37:39], lms[39], lms[40:42] = outer, up_pts, inner, lo_pts
+        else:
+            up_pts = bezier_at(inner, c_up, outer, np.array([1 / 3, 2 / 3]))
+            lo_pts = bezier_at(inner, c_lo, outer, np.array([2 / 3, 1 / 3]))
+            lms[42], lms[43:45], lms[45], lms[46:48] = inner, up_pts, outer, lo_pts
+        if a["AU6"] > 0.2:
+            # Crow's feet at the outer corner.
+            for j, ang in enumerate((-0.35, 0.0, 0.35)):
+                d = np.array([s * math.cos(ang), math.sin(ang)])
+                p0 = outer + s * np.array([0.012, 0.0]) + np.array([0.0, 0.01 * (j - 1)])
+                seg = np.stack([p0, p0 + 0.03 * d], axis=0)
+                cv.scale(thick_curve(seg, 0.0035), 0.78, opacity=min(1.0, (a["AU6"] - 0.2) * 1.5))
+
+    # --- brows (landmarks 17-21 image-left outer->inner, 22-26 image-right inner->outer)
+    th = idn.brow_th * (1 + 0.3 * a["AU4"])
+    for s in (-1, 1):
+        e = eye_out[0 if s < 0 else 1]
+        ey = e["center"][1]
+        by = ey - idn.brow_h + (idn.asym[1] if s < 0 else -idn.asym[1])
+        inner = np.array([cx + s * (idn.brow_gap - 0.02 * a["AU4"] + idn.asym[3]), by - 0.06 * a["AU1"] + 0.045 * a["AU4"]])
+        outer = np.array(
+            [cx + s * (idn.brow_gap + idn.brow_len), by + 0.15 * idn.brow_h - 0.06 * a["AU2"] + 0.012 * a["AU4"]]
+        )
+        mid = 0.5 * (inner + outer) - np.array([0.0, idn.brow_arch + 0.02 * a["AU2"]])
+        ctrl = control_for_mid(inner, mid, outer)
+        curve = quad_bezier(inner, ctrl, outer, 16)
+        cv.fill(thick_curve(curve, th, 0.55 * th), idn.brow_lum)
+        pts = bezier_at(inner, ctrl, outer, np.linspace(0.0, 1.0, 5))
+        if s < 0:
+            lms[17:22] = pts[::-1]
+        else:
+            lms[22:27] = pts
+    if a["AU4"] > 0.4:
+        op = min(1.0, (a["AU4"] - 0.4) * 2.0)
+        ey = cy + idn.eye_dy
+        for s in (-1, 1):
+            x0 = cx + s * 0.011
+            seg = np.array([[x0, ey - idn.brow_h - 0.015], [x0 + s * 0.003, ey - idn.brow_h + 0.035]])
+            cv.scale(thick_curve(seg, 0.004), 0.75, opacity=op)
+    if max(a["AU1"], a["AU2"]) > 0.35:
+        # Horizontal forehead lines from raised brows.
+        op = min(1.0, (max(a["AU1"], a["AU2"]) - 0.35) * 1.6)
+        ey = cy + idn.eye_dy
+        for j in range(3):
+            y0 = ey - idn.brow_h - 0.06 - 0.03 * j
+            p0, p2 = np.array([cx - 0.12, y0 + 0.006]), np.array([cx + 0.12, y0 + 0.006])
+            curve = quad_bezier(p0, control_for_mid(p0, np.array([cx, y0]), p2), p2, 12)
+            cv.scale(thick_curve(curve, 0.0035), 0.82, opacity=op)
+
+    # --- nose (27-30 bridge, 31-35 nostril base)
+    ey = cy + idn.eye_dy
+    lms[27:31] = np.stack([np.full(4, cx), ey - 0.01 + np.arange(4) * (idn.nose_len + 0.01) / 3.0], axis=1)
+    nw = idn.nose_w * (1 + 0.15 * a["AU9"])
+    wing_up = 0.015 * a["AU9"] + 0.005 * a["AU10"]
+    base_y = tip_y + 0.018 - wing_up
+    lms[31:36] = np.array(
+        [
+            [cx - nw, base_y - 0.004],
+            [cx - 0.5 * nw, base_y + 0.004],
+            [cx, base_y + 0.008 + 0.5 * wing_up],
+            [cx + 0.5 * nw, base_y + 0.004],
+            [cx + nw, base_y - 0.004],
+        ]
+    )
+    light_side = 1 if rng.uniform() < 0.5 else -1
+    bridge = np.array([[cx + light_side * 0.018, ey + 0.0], [cx + light_side * 0.022, tip_y - 0.01]])
+    cv.scale(thick_curve(bridge, 0.012, 0.016), 0.9)
+    cv.scale(ellipse_poly(cx, tip_y + 0.02, 0.05, 0.012, 18), 0.85)  # shadow under the tip
+    cv.fill(ellipse_poly(cx, tip_y - 0.004, 0.018, 0.012, 14), min(skin * 1.08, 0.8), opacity=0.7)
+    for s in (-1, 1):
+        cv.fill(ellipse_poly(cx + s * 0.45 * nw, base_y, 0.012, 0.006, 14, angle=s * 0.3), skin * 0.3)
+        wing_c = np.array([cx + s * nw, base_y - 0.01])
+        arc = np.stack(
+            [wing_c + np.array([s * 0.012 * math.cos(q), 0.014 * math.sin(q)]) for q in np.linspace(-1.6, 1.3, 8)]
+        )
+        cv.scale(thick_curve(arc, 0.004), 0.72)
+    if a["AU9"] > 0.2:
+        op = min(1.0, (a["AU9"] - 0.2) * 1.6)
+        for s in (-1, 1):
+            for j in range(3):
+                p0 = np.array([cx + s * 0.016, ey + 0.0 + 0.014 * j])
+                seg = np.stack([p0, p0 + np.array([s * 0.03, 0.018])])
+                cv.scale(thick_curve(seg, 0.0035), 0.72, opacity=op)
+
+    # --- mouth (48-59 outer lip, 60-67 inner lip)
+    u12 = {-1: a["L12"], 1: a["R12"]}
+    u14 = {-1: a["L14"], 1: a["R14"]}
+    tight = max(a["AU23"], a["AU24"])
+    hw = idn.mouth_hw * (1 + 0.2 * a["AU12"] + 0.25 * a["AU20"]) * (1 - 0.15 * tight)
+    corner = {}
+    for s in (-1, 1):
+        x = cx + s * (hw + 0.012 * u12[s] + 0.006 * u14[s])
+        y = (
+            mouth_y
+            - 0.06 * a["AU12"]
+            + 0.055 * a["AU15"]
+            + 0.012 * a["AU20"]
+            - 0.045 * u12[s]
+            - 0.012 * u14[s]
+            + (idn.asym[2] if s < 0 else -idn.asym[2])
+        )
+        corner[s] = np.array([x, y])
+    cl, cr_ = corner[-1], corner[1]
+    centre_y = mouth_y - 0.01 * a["AU12"] - 0.01 * (u12[-1] + u12[1])
+    opening = 0.02 * a["AU25"] + 0.09 * a["AU26"]
+    open_u = 0.3 * opening + 0.03 * a["AU10"]
+    open_l = max(0.7 * opening - 0.015 * a["AU17"], -open_u)
+    tu = idn.lip_u * max(1 - 0.6 * a["AU23"] - 0.5 * a["AU24"], 0.25)
+    tl = idn.lip_l * max(1 - 0.6 * a["AU23"] - 0.5 * a["AU24"], 0.25) * (1 + 0.2 * a["AU17"])
+    ui_mid = np.array([cx, centre_y - open_u])
+    li_mid = np.array([cx, centre_y + open_l])
+    uo_mid = ui_mid - np.array([0.0, tu])
+    lo_mid = li_mid + np.array([0.0, tl])
+    c_ui = control_for_mid(cl, ui_mid, cr_)
+    c_li = control_for_mid(cl, li_mid, cr_)
+    c_uo = control_for_mid(cl, uo_mid, cr_)
+    c_lo = control_for_mid(cl, lo_mid, cr_)
+    n = 18
+    ui = quad_bezier(cl, c_ui, cr_, n)
+    li = quad_bezier(cl, c_li, cr_, n)
+    uo = quad_bezier(cl, c_uo, cr_, n)
+    lo = quad_bezier(cl, c_lo, cr_, n)
+    # Nasolabial folds deepen with smiling, upper-lip raising and nose wrinkling.
+    for s in (-1, 1):
+        fold = max(a["AU12"], a["AU10"], 0.7 * a["AU9"], u12[s])
+        if fold > 0.15:
+            p0 = np.array([cx + s * (nw + 0.012), tip_y - 0.005])
+            p2 = corner[s] + np.array([s * 0.022, 0.012])
+            ctrl = 0.5 * (p0 + p2) + np.array([s * 0.02, 0.0])
+            cv.scale(thick_curve(quad_bezier(p0, ctrl, p2, 12), 0.006, 0.003), 0.78, opacity=min(1.0, fold * 1.3))
+        if u14[s] > 0.2:
+            dimple = corner[s] + np.array([s * 0.012, 0.0])
+            seg = np.stack([dimple - np.array([0, 0.01]), dimple + np.array([s * 0.004, 0.012])])
+            cv.scale(thick_curve(seg, 0.005), 0.72, opacity=min(1.0, u14[s] * 1.5))
+    if opening + 0.03 * a["AU10"] > 0.004:
+        cv.fill(np.concatenate([ui, li[::-1]], axis=0), 0.07)
+        if a["AU12"] > 0.4 or a["AU10"] > 0.3:
+            teeth_h = 0.022
+            lower_edge = np.minimum(ui[:, 1] + teeth_h, np.maximum(li[:, 1], ui[:, 1]))
+            teeth = np.concatenate([ui, np.stack([ui[:, 0], lower_edge], axis=1)[::-1]], axis=0)
+            cv.fill(teeth, 0.72)
+    cv.fill(np.concatenate([uo, ui[::-1]], axis=0), idn.lip_lum)
+    cv.fill(np.concatenate([li, lo[::-1]], axis=0), idn.lip_lum * 1.05)
+    cv.fill(thick_curve(0.5 * (ui + li), 0.004), idn.lip_lum * 0.45)
+    if a["AU17"] > 0.3:
+        p0 = np.array([cx - 0.05, lo_mid[1] + 0.035])
+        p2 = np.array([cx + 0.05, lo_mid[1] + 0.035])
+        curve = quad_bezier(p0, control_for_mid(p0, p0 * 0.5 + p2 * 0.5 + np.array([0, 0.012]), p2), p2, 10)
+        cv.scale(thick_curve(curve, 0.005), 0.8, opacity=min(1.0, (a["AU17"] - 0.3) * 2))
+    lms[48] = cl
+    lms[49:54] = bezier_at(cl, c_uo, cr_, np.arange(1, 6) / 6.0)
+    lms[54] = cr_
+    lms[55:60] = bezier_at(cl, c_lo, cr_, np.arange(5, 0, -1) / 6.0)
+    lms[60] = cl + np.array([0.006, 0.0])
+    lms[61:64] = bezier_at(cl, c_ui, cr_, np.array([0.25, 0.5, 0.75]))
+    lms[64] = cr_ - np.array([0.006, 0.0])
+    lms[65:68] = bezier_at(cl, c_li, cr_, np.array([0.75, 0.5, 0.25]))
+
+    # --- distractors
+    if idn.glasses:
+        for k in (0, 1):
+            e = eye_out[k]["center"]
+            ring = ellipse_poly(e[0], e[1] - 0.005, idn.eye_hw * 1.45, idn.eye_hw * 1.05, 28)
+            cv.fill(thick_curve(np.concatenate([ring, ring[:1]], axis=0), 0.007), 0.08)
+        l0, r0 = eye_out[0]["center"], eye_out[1]["center"]
+        bridge = np.array([[l0[0] + idn.eye_hw * 1.4, l0[1] - 0.01], [r0[0] - idn.eye_hw * 1.4, r0[1] - 0.01]])
+        cv.fill(thick_curve(bridge, 0.006), 0.08)
+    if idn.mole is not None:
+        mx, my = cx + idn.mole[0], cy + idn.mole[1]
+        cv.fill(ellipse_poly(mx, my, 0.006, 0.006, 10), skin * 0.45)
+
+    # --- shading on the 128 grid (cheap multiplicative maps)
+    xx, yy = _grid(size)
+    pxy = pose  # shading blob centres follow the pose jitter
+    def pc(x: float, y: float) -> tuple[float, float]:
+        return float(pxy[0, 0] * x + pxy[0, 1] * y + pxy[0, 2]), float(pxy[1, 0] * x + pxy[1, 1] * y + pxy[1, 2])
+
+    hx, hy = pc(cx, cy)
+    rr2 = ((xx - hx) / idn.face_a) ** 2 + ((yy - hy) / idn.face_b) ** 2
+    gain = 1.0 - 0.22 * np.minimum(rr2, 1.2) ** 1.5
+    phi = rng.uniform(0, 2 * np.pi)
+    amp = rng.uniform(0, config.lighting_amplitude)
+    gain *= 1.0 + amp * (math.cos(phi) * (xx - hx) / idn.face_a + math.sin(phi) * (yy - hy) / idn.face_b)
+    for k in (0, 1):
+        ex, ey = pc(*eye_out[k]["center"])
+        gain *= 1.0 - 0.12 * _gauss_blob(xx, yy, ex, ey - 0.012, 0.06, 0.035)
+        if a["AU6"] > 0.05:
+            gain *= 1.0 + 0.1 * a["AU6"] * _gauss_blob(xx, yy, ex, ey + 0.09, 0.05, 0.03)
+    lum = cv.lum * gain.astype(np.float32)
+    lum += idn.texture * cv.alpha
+    if config.blur_sigma > 0:
+        lum = ndimage.gaussian_filter(lum, config.blur_sigma)
+    mask = cv.alpha
+    lum = np.clip(lum, 0.0, 1.0)
+    image = np.clip((lum + config.floor) * mask, 0.0, 1.0)
+    image_u8 = np.round(image * 255.0).astype(np.uint8)
+    mask_u8 = np.round(mask * 255.0).astype(np.uint8)
+    lms_px = cv.to_px(lms) - 0.5  # pixel-centre convention
+    return image_u8, mask_u8, lms_px.astype(np.float32)
+
+
+def generate_face(
+    subject: int,
+    label: int,
+    index: int = 0,
+    seed: int = 0,
+    config: GeneratorConfig = GeneratorConfig(),
+    identity: Identity | None = None,
+) -> dict[str, Any]:
+    """Generates one record of the shared face schema.
+
+    Args:
+      subject: subject id (>= 0).
+      label: class in the unified order.
+      index: sample index within (subject, label), selects gain and nuisance.
+      seed: dataset seed.
+      config: generator parameters.
+      identity: optional pre-sampled identity of ``subject`` (saves its cost
+        when many faces of one subject are drawn).
+
+    Returns:
+      Dict with ``image``, ``mask``, ``landmarks``, ``label``, ``subject``,
+      ``action_units`` (see module docstring).
+    """
+    if identity is None:
+        identity = sample_identity(seed, subject, config)
+    elif identity.subject != subject:
+        raise ValueError(f"identity is for subject {identity.subject}, not {subject}")
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}")
+    rng = _rng(seed, _FACE_STREAM, subject, label, index)
+    au = sample_action_units(label, rng, config)
+    image, mask, lms = render_face(identity, au, rng, config)
+    return {
+        "image": image,
+        "mask": mask,
+        "landmarks": lms,
+        "label": int(label),
+        "subject": int(subject),
+        "action_units": au,
+    }
+
+
+def generate_subject_faces(
+    subject: int,
+    intensities: int,
+    seed: int = 0,
+    config: GeneratorConfig = GeneratorConfig(),
+    num_classes: int = NUM_CLASSES,
+) -> dict[str, np.ndarray]:
+    """All faces of one subject: every class x ``intensities`` samples, stacked.
+
+    Args:
+      subject: subject id.
+      intensities: samples per (subject, class).
+      seed: dataset seed.
+      config: generator parameters.
+      num_classes: number of classes drawn (labels 0..num_classes-1).
+
+    Returns:
+      Face-bank dict (see :func:`stack_records`) with ``num_classes * intensities`` rows.
+    """
+    idn = sample_identity(seed, subject, config)
+    recs = [
+        generate_face(subject, label, i, seed, config, identity=idn)
+        for label in range(num_classes)
+        for i in range(intensities)
+    ]
+    bank = stack_records(recs)
+    bank["index"] = np.tile(np.arange(intensities, dtype=np.int32), num_classes)
+    return bank
+
+
+def stack_records(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Stacks records into a face bank (dict of arrays with a leading N axis)."""
+    return {
+        "image": np.stack([r["image"] for r in records]).astype(np.uint8),
+        "mask": np.stack([r["mask"] for r in records]).astype(np.uint8),
+        "landmarks": np.stack([r["landmarks"] for r in records]).astype(np.float32),
+        "label": np.asarray([r["label"] for r in records], np.int32),
+        "subject": np.asarray([r["subject"] for r in records], np.int32),
+        "action_units": np.stack([r["action_units"] for r in records]).astype(np.float32),
+    }

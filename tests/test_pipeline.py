@@ -1,0 +1,271 @@
+"""Tests of splits, backgrounds, the host input pipeline, fixed eval sets and the preview.
+
+Batch 16 and the train preset are used throughout so the renderer compiles
+once for the whole test session (see test_render.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from feratt_jax.data import pipeline
+from feratt_jax.data.backgrounds import BackgroundPool, list_image_files
+from feratt_jax.data.pipeline import (
+    DataConfig,
+    NumpyTrainIterator,
+    TrainBatchMaker,
+    eval_batches,
+    make_datasets,
+    make_train_iterator,
+    render_train_batch,
+)
+from feratt_jax.data.splits import kfold_subject_split, split_record_indices
+
+B = 16
+
+
+def _cfg(tmp_path, **kw) -> DataConfig:
+    base = dict(
+        num_subjects=12,
+        intensities=1,
+        subjects_per_fold=3,
+        val_size=16,
+        test_size=16,
+        batch_size=B,
+        cache_dir=str(tmp_path),
+        num_procedural_backgrounds=8,
+        bank_workers=0,
+    )
+    base.update(kw)
+    return DataConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    return make_datasets(_cfg(tmp_path_factory.mktemp("cache")), seed=3)
+
+
+# --- splits ----------------------------------------------------------------
+
+
+def test_kfold_subject_disjointness():
+    subjects = np.repeat(np.arange(20), 5)  # one id per record
+    tests = []
+    for fold in range(5):
+        sp = kfold_subject_split(subjects, 4, fold)
+        tr, va, te = set(sp.train), set(sp.val), set(sp.test)
+        assert not (tr & va) and not (tr & te) and not (va & te)
+        assert tr | va | te == set(range(20))
+        assert len(te) == 4 and len(va) == 4
+        tests.append(te)
+        idx = split_record_indices(subjects, sp)
+        for name in ("train", "val", "test"):
+            assert set(subjects[idx[name]]) == set(getattr(sp, name))
+        assert sum(len(v) for v in idx.values()) == len(subjects)
+    # The test blocks of the folds partition the subjects (every subject tested once).
+    assert set().union(*tests) == set(range(20))
+    assert sum(len(t) for t in tests) == 20
+    # Fold 0 holds out the reference's first block (sorted positions 0..n-1).
+    np.testing.assert_array_equal(kfold_subject_split(subjects, 4, 0).test, [0, 1, 2, 3])
+
+
+def test_kfold_errors():
+    subjects = np.arange(10)
+    with pytest.raises(ValueError, match="fold must be in"):
+        kfold_subject_split(subjects, 3, 3)
+    with pytest.raises(ValueError, match="none for training"):
+        kfold_subject_split(subjects, 5, 0)
+    with pytest.raises(ValueError, match="subjects_per_fold"):
+        kfold_subject_split(subjects, 0, 0)
+    sp = kfold_subject_split(subjects, 3, 2, val_subjects=0)
+    assert len(sp.val) == 0 and len(sp.train) == 7
+
+
+# --- train iterator ---------------------------------------------------------
+
+
+def test_train_batches_are_class_balanced_and_subject_disjoint(datasets):
+    batch = next(datasets.train)
+    assert batch["faces"].shape == (B, 128, 128) and batch["faces"].dtype == np.uint8
+    assert batch["masks"].shape == (B, 128, 128) and batch["masks"].dtype == np.uint8
+    assert batch["backgrounds"].shape == (B, 64, 64) and batch["backgrounds"].dtype == np.uint8
+    assert batch["labels"].dtype == np.int32 and batch["seeds"].dtype == np.uint32
+    np.testing.assert_array_equal(np.bincount(batch["labels"], minlength=8), np.full(8, B // 8))
+    held = set(datasets.split.val) | set(datasets.split.test)
+    for _ in range(5):
+        batch = next(datasets.train)
+        assert not set(batch["subjects"]) & held
+        np.testing.assert_array_equal(datasets.bank["label"][batch["records"]], batch["labels"])
+        np.testing.assert_array_equal(datasets.bank["image"][batch["records"]], batch["faces"])
+
+
+def test_iterator_state_restore_gives_identical_next_batch(datasets):
+    it = datasets.train
+    next(it)
+    state = it.get_state()
+    expected = next(it)
+    # A fresh iterator of each kind, restored from the saved state.
+    maker = TrainBatchMaker(
+        datasets.bank,
+        split_record_indices(datasets.bank["subject"], datasets.split)["train"],
+        _pool(datasets),
+        seed=3,
+        global_batch=B,
+    )
+    for loader in ("grain", "numpy"):
+        fresh = make_train_iterator(maker, loader, prefetch=2)
+        fresh.set_state(state)
+        got = next(fresh)
+        for k in expected:
+            np.testing.assert_array_equal(got[k], expected[k], err_msg=f"{loader}:{k}")
+        assert fresh.get_state() == {"next_index": state["next_index"] + 1}
+    assert isinstance(make_train_iterator(maker, "numpy"), NumpyTrainIterator)
+
+
+def _pool(datasets):
+    return pipeline.build_background_pool(datasets.config, seed=datasets.config.face_seed)
+
+
+def test_process_shards_form_the_global_batch(datasets):
+    idx = split_record_indices(datasets.bank["subject"], datasets.split)["train"]
+    pool = _pool(datasets)
+    whole = TrainBatchMaker(datasets.bank, idx, pool, seed=9, global_batch=B)(5)
+    parts = [
+        TrainBatchMaker(datasets.bank, idx, pool, seed=9, global_batch=B, process_index=p, process_count=2)(5)
+        for p in range(2)
+    ]
+    for k in whole:
+        np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), whole[k], err_msg=k)
+    other_seed = TrainBatchMaker(datasets.bank, idx, pool, seed=10, global_batch=B)(5)
+    assert not np.array_equal(other_seed["seeds"], whole["seeds"])
+    with pytest.raises(ValueError, match="not divisible"):
+        TrainBatchMaker(datasets.bank, idx, pool, seed=9, global_batch=B, process_index=0, process_count=3)
+
+
+def test_render_train_batch(datasets):
+    batch = next(datasets.train)
+    out = render_train_batch(batch, datasets.render_config)
+    assert out["image"].shape == (B, 64, 64, 3) and out["theta"].shape == (B, 2, 3)
+    np.testing.assert_array_equal(np.asarray(out["label"]), batch["labels"])
+    again = render_train_batch(batch, datasets.render_config)
+    np.testing.assert_array_equal(np.asarray(out["image"]), np.asarray(again["image"]))
+
+
+# --- fixed evaluation sets --------------------------------------------------
+
+
+def test_eval_sets_are_fixed_and_held_out(datasets, tmp_path):
+    for name, subjects in (("val", datasets.split.val), ("test", datasets.split.test)):
+        split = getattr(datasets, name)
+        assert split["image"].shape == (16, 64, 64, 1) and split["image"].dtype == np.float32
+        assert set(split["subject"]) <= set(subjects)
+        np.testing.assert_array_equal(np.bincount(split["label"], minlength=8), np.full(8, 2))
+    assert not np.array_equal(datasets.val["image"], datasets.test["image"])
+    # Another training seed (and a second build) gives the very same val/test sets.
+    again = make_datasets(datasets.config, seed=99)
+    for name in ("val", "test"):
+        for k in ("image", "x_org", "mask", "theta", "label", "record"):
+            np.testing.assert_array_equal(getattr(again, name)[k], getattr(datasets, name)[k], err_msg=f"{name}:{k}")
+    # The test subjects of fold 0 are not those of fold 1.
+    other = kfold_subject_split(datasets.bank["subject"], 3, 1)
+    assert not set(other.test) & set(datasets.split.test)
+
+
+def test_eval_batches_pad_and_shard(datasets):
+    batches = list(eval_batches(datasets.val, 12))
+    assert len(batches) == 2
+    assert batches[0]["image"].shape == (12, 64, 64, 3)
+    assert batches[1]["weight"].sum() == 4 and batches[0]["weight"].sum() == 12
+    per_proc = [list(eval_batches(datasets.val, 12, process_index=p, process_count=2)) for p in range(2)]
+    assert all(len(b) == 2 for b in per_proc)
+    merged = np.concatenate([per_proc[0][0]["label"], per_proc[1][0]["label"]])
+    np.testing.assert_array_equal(merged, batches[0]["label"])
+    assert sum(b["weight"].sum() for p in per_proc for b in p) == 16
+
+
+# --- configuration and backgrounds -----------------------------------------
+
+
+def test_data_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="Unknown DataConfig keys"):
+        DataConfig.from_dict({"num_subject": 3})
+    with pytest.raises(ValueError, match="photo_prob must be a probability"):
+        DataConfig(photo_prob=1.2)
+    with pytest.raises(ValueError, match="flip_prob must be a probability"):
+        DataConfig.from_dict({"render": {"flip_prob": 2.0}})
+    with pytest.raises(ValueError, match="image_size 50 is not supported"):
+        DataConfig(image_size=50)
+    with pytest.raises(ValueError, match="source"):
+        DataConfig(source="ckplus")
+    with pytest.raises(ValueError, match="unknown render preset"):
+        DataConfig(eval_render_preset="harsh")
+    empty = tmp_path / "empty_backgrounds"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="empty_backgrounds.*contains no images"):
+        make_datasets(_cfg(tmp_path, background_dir=str(empty)), seed=0)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list_image_files(tmp_path / "missing")
+    with pytest.raises(ValueError, match="not divisible"):
+        make_datasets(_cfg(tmp_path, batch_size=10), seed=0, process_count=4)
+
+
+def test_from_dict_accepts_the_experiment_config():
+    from feratt_jax import configs
+
+    c = configs.tiny(configs.base_config("ferattention"))
+    cfg = DataConfig.from_dict(c.data.to_dict(), batch_size=c.train.batch_size)
+    assert cfg.num_subjects == c.data.num_subjects and cfg.batch_size == c.train.batch_size
+    assert cfg.render_config().image_size == c.data.image_size
+
+
+def test_user_background_folder(tmp_path):
+    from skimage import io
+
+    folder = tmp_path / "bg"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    io.imsave(folder / "a.png", rng.integers(0, 256, size=(90, 120, 3), dtype=np.uint8), check_contrast=False)
+    io.imsave(folder / "b.JPG", rng.integers(0, 256, size=(200, 70), dtype=np.uint8), check_contrast=False)
+    (folder / "notes.txt").write_text("not an image")
+    assert [p.name for p in list_image_files(folder)] == ["a.png", "b.JPG"]
+    pool = BackgroundPool.build(64, background_dir=str(folder), num_procedural=0, photo_prob=1.0)
+    assert len(pool.photo_levels) == 2
+    crops = pool.sample(np.random.default_rng(1), 5)
+    assert crops.shape == (5, 64, 64) and crops.dtype == np.uint8
+    np.testing.assert_array_equal(crops, pool.sample(np.random.default_rng(1), 5))
+
+
+def test_builtin_backgrounds_mix_photos_and_clutter():
+    pool = BackgroundPool.build(64, num_procedural=4, seed=0)
+    assert len(pool.photo_levels) == 14 and len(pool.procedural) == 4
+    crops = pool.sample(np.random.default_rng(0), 64)
+    assert crops.shape == (64, 64, 64)
+    assert crops.std(axis=(1, 2)).mean() > 10  # clutter, not flat fields
+
+
+# --- preview ----------------------------------------------------------------
+
+
+def test_write_preview_png(tmp_path):
+    from feratt_jax.data.preview import write_preview
+
+    cfg = dataclasses.replace(_cfg(tmp_path), num_procedural_backgrounds=4)
+    path = write_preview(tmp_path / "sub" / "preview.png", cfg, num_subjects=2, dpi=40)
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_cli_preview(tmp_path):
+    import argparse
+
+    from feratt_jax.data.cli import add_data_subcommands
+
+    parser = argparse.ArgumentParser(prog="feratt")
+    add_data_subcommands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["data", "preview", "--out", str(tmp_path / "p.png"), "--subjects", "2"])
+    assert args.func is not None and args.out.endswith("p.png")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["data", "preview"])  # --out is required

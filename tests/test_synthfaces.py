@@ -1,0 +1,147 @@
+"""Tests of the procedural FACS face generator and the face-bank cache."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from feratt_jax.data import facebank, synthfaces
+from feratt_jax.data._raster import polygon_coverage
+
+
+def test_record_schema_and_dark_format():
+    rec = synthfaces.generate_face(subject=3, label=1, index=0, seed=0)
+    assert rec["image"].shape == (128, 128) and rec["image"].dtype == np.uint8
+    assert rec["mask"].shape == (128, 128) and rec["mask"].dtype == np.uint8
+    assert rec["landmarks"].shape == (68, 2) and rec["landmarks"].dtype == np.float32
+    assert rec["action_units"].shape == (len(synthfaces.AU_NAMES),)
+    assert rec["action_units"].dtype == np.float32
+    assert rec["label"] == 1 and rec["subject"] == 3
+    assert np.all((rec["action_units"] >= 0) & (rec["action_units"] <= 1))
+    full = rec["mask"] == 255
+    # The "dark" format: face pixels keep the +0.2 floor (>= 51), background is black.
+    assert full.sum() > 5000
+    assert rec["image"][full].min() >= 51
+    assert np.all(rec["image"][rec["mask"] == 0] == 0)
+
+
+def test_generator_is_deterministic():
+    a = synthfaces.generate_face(7, 4, 2, seed=11)
+    b = synthfaces.generate_face(7, 4, 2, seed=11)
+    for k in ("image", "mask", "landmarks", "action_units"):
+        np.testing.assert_array_equal(a[k], b[k])
+    # A pre-sampled identity gives the same face as sampling it inside.
+    idn = synthfaces.sample_identity(11, 7)
+    c = synthfaces.generate_face(7, 4, 2, seed=11, identity=idn)
+    np.testing.assert_array_equal(a["image"], c["image"])
+    # Any change of (seed, subject, label, index) changes the face.
+    for other in (
+        synthfaces.generate_face(7, 4, 3, seed=11),
+        synthfaces.generate_face(7, 4, 2, seed=12),
+        synthfaces.generate_face(8, 4, 2, seed=11),
+    ):
+        assert not np.array_equal(a["image"], other["image"])
+
+
+def test_landmarks_inside_mask():
+    for subject in range(6):
+        idn = synthfaces.sample_identity(0, subject)
+        for label in range(synthfaces.NUM_CLASSES):
+            rec = synthfaces.generate_face(subject, label, 0, identity=idn)
+            xy = np.round(rec["landmarks"]).astype(int)
+            assert np.all((xy >= 0) & (xy < 128)), (subject, label)
+            assert np.all(rec["mask"][xy[:, 1], xy[:, 0]] >= 128), (subject, label)
+
+
+def test_landmark_layout_is_ibug():
+    lm = synthfaces.generate_face(0, 0, 0)["landmarks"]
+    # Jaw runs image-left -> chin -> image-right; the chin (8) is the lowest jaw point.
+    assert lm[0, 0] < lm[8, 0] < lm[16, 0]
+    assert lm[8, 1] == lm[0:17, 1].max()
+    # Brows above eyes above nose tip above mouth; image-left eye (36-41) left of 42-47.
+    assert lm[17:27, 1].mean() < lm[36:48, 1].mean() < lm[30, 1] < lm[48:68, 1].mean()
+    assert lm[36:42, 0].mean() < lm[42:48, 0].mean()
+    assert lm[36, 0] < lm[39, 0] < lm[42, 0] < lm[45, 0]  # corners: outer, inner, inner, outer
+    assert lm[48, 0] < lm[51, 0] < lm[54, 0] and lm[51, 1] < lm[57, 1]
+
+
+def test_every_class_differs_from_neutral():
+    for subject in range(3):
+        idn = synthfaces.sample_identity(0, subject)
+        neutral = synthfaces.generate_face(subject, 0, 0, identity=idn)
+        for label in range(1, synthfaces.NUM_CLASSES):
+            rec = synthfaces.generate_face(subject, label, 0, identity=idn)
+            assert np.abs(rec["image"].astype(int) - neutral["image"].astype(int)).mean() > 1.0
+            assert np.abs(rec["action_units"] - neutral["action_units"]).max() > 0.3
+            # Same nuisance stream, only the expression changes: the AUs alone move pixels.
+            au = np.zeros(len(synthfaces.AU_NAMES), np.float32)
+            for name, w in synthfaces.PROTOTYPES[label].items():
+                au[synthfaces.AU_NAMES.index(name.replace("U", "L", 1) if name.startswith("U") else name)] = 0.5 * w
+            img_expr = synthfaces.render_face(idn, au, np.random.default_rng(5))[0].astype(int)
+            img_neut = synthfaces.render_face(idn, np.zeros_like(au), np.random.default_rng(5))[0].astype(int)
+            assert (np.abs(img_expr - img_neut) > 20).sum() >= 20, (subject, label)
+
+
+def test_prototype_action_units():
+    rng = np.random.default_rng(0)
+    cfg = synthfaces.GeneratorConfig(au_noise=0.0, gain_range=(1.0, 1.0))
+    au = synthfaces.sample_action_units(2, rng, cfg)  # surprise
+    names = synthfaces.AU_NAMES
+    for name in ("AU1", "AU2", "AU5", "AU26"):
+        assert au[names.index(name)] == pytest.approx(1.0)
+    assert au[names.index("AU12")] == 0.0
+    contempt = synthfaces.sample_action_units(7, rng, cfg)
+    assert contempt[names.index("L12")] + contempt[names.index("R12")] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="label"):
+        synthfaces.sample_action_units(8, rng, cfg)
+
+
+def test_generator_config_errors():
+    with pytest.raises(ValueError, match="bald_prob"):
+        synthfaces.GeneratorConfig(bald_prob=1.5)
+    with pytest.raises(ValueError, match="gain_range"):
+        synthfaces.GeneratorConfig(gain_range=(0.9, 0.1))
+    with pytest.raises(ValueError, match="Unknown GeneratorConfig keys"):
+        synthfaces.GeneratorConfig.from_dict({"bald_probability": 0.1})
+    assert synthfaces.GeneratorConfig.from_dict({"gain_range": [0.6, 0.9]}).gain_range == (0.6, 0.9)
+
+
+def test_polygon_coverage_is_exact_for_rectangles():
+    xs = np.array([10.25, 20.75, 20.75, 10.25])
+    ys = np.array([10.5, 10.5, 30.5, 30.5])
+    cov, r0, c0 = polygon_coverage(xs, ys, 64, 64)
+    assert (r0, c0) == (10, 10)
+    assert cov.sum() == pytest.approx(10.5 * 20.0)
+    assert cov[0, 0] == pytest.approx(0.75 * 0.5)
+    assert polygon_coverage(xs + 100, ys, 64, 64) is None
+
+
+def test_bank_order_cache_and_workers(tmp_path):
+    kw = dict(num_subjects=3, intensities=2, seed=0, num_classes=8)
+    bank = facebank.generate_bank(**kw, num_workers=0)
+    assert len(bank["label"]) == 3 * 8 * 2
+    np.testing.assert_array_equal(bank["subject"], np.repeat(np.arange(3), 16))
+    np.testing.assert_array_equal(bank["label"][:16], np.repeat(np.arange(8), 2))
+    np.testing.assert_array_equal(bank["index"][:4], [0, 1, 0, 1])
+    first = facebank.load_or_build_bank(**kw, cache_dir=tmp_path)
+    files = list(tmp_path.glob("synthfaces-v*.npz"))
+    assert len(files) == 1
+    t0 = time.perf_counter()
+    again = facebank.load_or_build_bank(**kw, cache_dir=tmp_path)
+    assert time.perf_counter() - t0 < 1.0
+    for k in facebank.BANK_KEYS:
+        np.testing.assert_array_equal(first[k], bank[k])
+        np.testing.assert_array_equal(again[k], bank[k])
+    # Another parameter set gets another cache file.
+    facebank.load_or_build_bank(3, 1, 0, num_classes=8, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("synthfaces-v*.npz"))) == 2
+
+
+def test_bank_is_identical_with_worker_processes():
+    kw = dict(num_subjects=4, intensities=1, seed=3, num_classes=8)
+    serial = facebank.generate_bank(**kw, num_workers=1)
+    parallel = facebank.generate_bank(**kw, num_workers=2, min_parallel_faces=0)
+    for k in facebank.BANK_KEYS:
+        np.testing.assert_array_equal(serial[k], parallel[k])
