@@ -35,6 +35,7 @@ from feratt_jax.data import pipeline
 from feratt_jax.metric_writer import MetricWriter
 from feratt_jax.models import FERATT_VARIANTS, build_model
 from feratt_jax.models.layers import avg_pool, resize_bilinear
+from feratt_jax.optimizers import scale_by_torch_adam
 
 log = logging.getLogger(__name__)
 
@@ -97,16 +98,18 @@ def make_learning_rate(opt_config: ml_collections.ConfigDict, num_steps: int) ->
 
 
 def make_optimizer(opt_config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """Adam (amsgrad by default, as the reference), optional decay and clipping."""
+    """PyTorch's Adam (amsgrad by default, as the reference), optional decay and clipping.
+
+    ``optax.amsgrad`` keeps the maximum of the bias-corrected second moment
+    where PyTorch keeps the maximum of the raw one, so it drifts from the
+    reference within a few steps; :func:`scale_by_torch_adam` matches PyTorch.
+    """
     if opt_config.name != "adam":
         raise ValueError(f"optimizer.name {opt_config.name!r} is not supported (adam)")
     chain = []
     if opt_config.grad_clip_norm:
         chain.append(optax.clip_by_global_norm(opt_config.grad_clip_norm))
-    if opt_config.amsgrad:
-        chain.append(optax.scale_by_amsgrad(b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps))
-    else:
-        chain.append(optax.scale_by_adam(b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps))
+    chain.append(scale_by_torch_adam(b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps, amsgrad=opt_config.amsgrad))
     if opt_config.weight_decay:
         chain.append(optax.add_decayed_weights(opt_config.weight_decay))
     chain.append(optax.scale_by_learning_rate(schedule))

@@ -115,7 +115,7 @@ def test_sharded_step_equals_unsharded_step(cache_dir):
     # ~2.5e-3 between 1 and 8 devices; per-device BatchNorm statistics (the bug
     # this guards against) would move it by tens of percent, and the BN
     # running statistics are checked tightly below.
-    mu8, mu1 = sharded.opt_state[0].mu, single.opt_state[0].mu
+    mu8, mu1 = sharded.opt_state[0].mu, single.opt_state[0].mu  # TorchAdamState
     flat8 = np.concatenate([np.ravel(a) for a in jax.tree.leaves(mu8)])
     flat1 = np.concatenate([np.ravel(a) for a in jax.tree.leaves(mu1)])
     assert np.linalg.norm(flat8 - flat1) / np.linalg.norm(flat1) < 5e-3

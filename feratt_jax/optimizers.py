@@ -1,0 +1,94 @@
+"""``torch.optim.Adam`` (with or without AMSGrad) as an optax transformation, step for step.
+
+Why not ``optax.amsgrad``: it takes the running maximum of the
+*bias-corrected* second moment, ``nu_max = max(nu_max, nu / (1 - b2^t))``,
+whereas PyTorch keeps the maximum of the *raw* moment and bias-corrects that
+maximum at every step::
+
+    v_max = max(v_max, v_t)
+    p -= lr / (1 - b1^t) * m_t / (sqrt(v_max) / sqrt(1 - b2^t) + eps)
+
+Because ``1 - b2^t`` grows with t, the two maxima differ as soon as a
+gradient shrinks (e.g. after g_1 = 1, g_2 = 0, optax divides by ~1.0 and
+PyTorch by ~0.71), so optax's AMSGrad drifts from the reference within a few
+steps. ``optax.adam`` (no AMSGrad) does match PyTorch's Adam up to rounding;
+:func:`torch_adam` covers both. ``eps`` is added outside the square root,
+as in both libraries. The reference trains with
+``Adam(lr=1e-4, amsgrad=True)``, betas (0.9, 0.999), eps 1e-8, no weight
+decay (reference.md 4.1).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class TorchAdamState(NamedTuple):
+    """Step count and the first, second and max-second moments (max only with AMSGrad)."""
+
+    count: jax.Array
+    mu: Any
+    nu: Any
+    nu_max: Any
+
+
+def scale_by_torch_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, amsgrad: bool = False) -> optax.GradientTransformation:
+    """Direction of ``torch.optim.Adam``: ``m_hat / (sqrt(v or v_max) / sqrt(1 - b2^t) + eps)``.
+
+    Args:
+      b1, b2: moment decay rates (PyTorch's betas).
+      eps: added to the denominator after the square root.
+      amsgrad: keep the running max of the raw second moment, as PyTorch does.
+
+    Returns:
+      An optax GradientTransformation (chain with a learning-rate scale).
+    """
+
+    def init_fn(params: Any) -> TorchAdamState:
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        nu_max = jax.tree.map(jnp.zeros_like, params) if amsgrad else None
+        return TorchAdamState(jnp.zeros([], jnp.int32), zeros, jax.tree.map(jnp.zeros_like, params), nu_max)
+
+    def update_fn(updates: Any, state: TorchAdamState, params: Any = None) -> tuple[Any, TorchAdamState]:
+        del params
+        count = state.count + 1
+        t = count.astype(jnp.float32)
+        mu = jax.tree.map(lambda m, g: b1 * m + (1.0 - b1) * g, state.mu, updates)
+        nu = jax.tree.map(lambda v, g: b2 * v + (1.0 - b2) * g * g, state.nu, updates)
+        nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu) if amsgrad else None
+        bc1 = 1.0 - b1**t
+        bc2_sqrt = jnp.sqrt(1.0 - b2**t)
+        second = nu_max if amsgrad else nu
+        direction = jax.tree.map(lambda m, v: (m / bc1) / (jnp.sqrt(v) / bc2_sqrt + eps), mu, second)
+        return direction, TorchAdamState(count, mu, nu, nu_max)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def torch_adam(
+    learning_rate: float | optax.Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    amsgrad: bool = False,
+) -> optax.GradientTransformation:
+    """``torch.optim.Adam(params, lr, betas=(b1, b2), eps, amsgrad)`` without weight decay.
+
+    Args:
+      learning_rate: constant or optax schedule.
+      b1, b2, eps, amsgrad: as PyTorch.
+
+    Returns:
+      An optax GradientTransformation whose updates are to be *added* to the params.
+    """
+    return optax.chain(
+        scale_by_torch_adam(b1, b2, eps, amsgrad),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+__all__ = ["TorchAdamState", "scale_by_torch_adam", "torch_adam"]
