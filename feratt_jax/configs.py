@@ -42,6 +42,8 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     c.model.dim = 32
     c.model.backbone = "preactresnet18"  # FERAtt variants only
     c.model.attention_channels = 0  # 0 = num_classes, as the reference ties them
+    c.model.num_filters = 32  # attention U-Net decoder width (reference: 32)
+    c.model.backbone_width = 64  # PreActResNet18 first-stage width (reference: 64)
     c.model.input_size = 0  # 0 = the rendered image size; e.g. 32 for the paper's baseline
     c.model.compute_dtype = "float32"  # or "bfloat16" (params stay float32)
 

@@ -15,8 +15,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from feratt_jax import EXPRESSION_NAMES, plots, sharding
+import jax.numpy as jnp
+
+from feratt_jax import EXPRESSION_NAMES, configs, model_io, plots, sharding
 from feratt_jax.checkpointing import Checkpointer
+from feratt_jax.models.summary import DEFAULT_IMAGE_SIZE
 from feratt_jax.train import (
     TrainState,
     _write_json,
@@ -43,14 +46,28 @@ def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
 
 
 class LoadedRun:
-    """A trained model ready for inference: config, module, state, eval step."""
+    """A trained model ready for inference: config, module, state, eval step.
 
-    def __init__(self, workdir: str | pathlib.Path, which: str = "best"):
-        self.workdir = pathlib.Path(workdir)
-        self.config = load_run_config(self.workdir)
-        self.image_size = int(self.config.data.image_size)
+    ``source`` is a ``feratt train`` workdir (its best checkpoint, or the
+    latest with ``which="latest"``) or a model export written by
+    ``feratt convert`` / :func:`feratt_jax.model_io.save_model`; for an
+    export, the data settings are the defaults of the model's base config.
+    """
+
+    def __init__(self, source: str | pathlib.Path, which: str = "best"):
+        self.workdir = pathlib.Path(source)
         self.mesh = sharding.make_mesh()
-        self.model, _, _, init_state = build_training(self.config, self.image_size)
+        if (self.workdir / model_io.SPEC_FILENAME).is_file():
+            self._load_export()
+        else:
+            self._load_workdir(which)
+        self.image_size = int(self.config.data.image_size)
+        self.eval_step = jax.jit(make_eval_step(self.model, self.config))
+        self.class_names = list(EXPRESSION_NAMES[: int(self.config.model.num_classes)])
+
+    def _load_workdir(self, which: str) -> None:
+        self.config = load_run_config(self.workdir)
+        self.model, _, _, init_state = build_training(self.config, int(self.config.data.image_size))
         abstract, _ = abstract_train_state(init_state, self.mesh)
         checkpointer = Checkpointer(self.workdir, keep=int(self.config.train.keep_checkpoints))
         restored = checkpointer.restore_best(abstract) if which == "best" else None
@@ -59,10 +76,23 @@ class LoadedRun:
         checkpointer.close()
         if restored is None:
             raise FileNotFoundError(f"no readable checkpoint in {self.workdir / 'checkpoints'} or {self.workdir / 'best'}")
-        self.state: TrainState = restored[0]
+        self.state = restored[0]
         self.step = int(self.state.step)
-        self.eval_step = jax.jit(make_eval_step(self.model, self.config))
-        self.class_names = list(EXPRESSION_NAMES[: int(self.config.model.num_classes)])
+
+    def _load_export(self) -> None:
+        self.model, variables, spec = model_io.load_model(self.workdir)
+        config = configs.base_config(spec["model_name"])
+        config.model.num_classes = int(spec["num_classes"])
+        config.model.dim = int(spec["dim"])
+        config.model.input_size = DEFAULT_IMAGE_SIZE.get(spec["model_name"], 0)
+        self.config = config
+        self.state = TrainState(
+            step=jnp.asarray(int(spec.get("extra", {}).get("step", 0))),
+            params=variables["params"],
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=None,
+        )
+        self.step = int(self.state.step)
 
     @property
     def variables(self) -> dict[str, Any]:

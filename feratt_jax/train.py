@@ -60,6 +60,8 @@ def build_model_from_config(model_config: ml_collections.ConfigDict) -> Any:
         options["backbone"] = model_config.backbone
         if model_config.attention_channels:
             options["attention_channels"] = model_config.attention_channels
+        options["num_filters"] = model_config.num_filters
+        options["backbone_width"] = model_config.backbone_width
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(model_config.compute_dtype)
     if dtype is None:
         raise ValueError(f"model.compute_dtype must be float32 or bfloat16, got {model_config.compute_dtype!r}")

@@ -42,7 +42,8 @@ def build_model(name: str, *, num_classes: int, dim: int = 32, dtype: Any = jnp.
       **options: FERAtt variants: ``backbone`` (preactresnet18 | resnet18 |
         cvgg13), ``attention_channels`` (default = num_classes, as the
         reference ties them), ``num_feature_blocks``,
-        ``gmmstn_cvgg_skips_warp``. Baselines: ``embedding`` (bool), and
+        ``gmmstn_cvgg_skips_warp``, and for quick CPU runs ``num_filters``
+        (decoder width, 32) and ``backbone_width`` (PreActResNet18, 64). Baselines: ``embedding`` (bool), and
         ``dropout_rate`` for cvgg13.
 
     Raises:
@@ -54,7 +55,7 @@ def build_model(name: str, *, num_classes: int, dim: int = 32, dtype: Any = jnp.
         raise ValueError(f"dim must be a positive int, got {dim!r}")
     if name in FERATT_VARIANTS:
         embedding, use_stn = FERATT_VARIANTS[name]
-        allowed = {"backbone", "attention_channels", "num_feature_blocks", "gmmstn_cvgg_skips_warp"}
+        allowed = {"backbone", "attention_channels", "num_feature_blocks", "num_filters", "backbone_width", "gmmstn_cvgg_skips_warp"}
         _check_options(name, options, allowed)
         backbone = options.get("backbone", "preactresnet18")
         if backbone not in BACKBONES:

@@ -90,9 +90,11 @@ def backbone_input(backbone: str, image_BHWC: jax.Array) -> jax.Array:
     raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
 
 
-def make_backbone(backbone: str, num_classes: int, dim: int | None, dtype: Dtype, name: str) -> nn.Module:
+def make_backbone(backbone: str, num_classes: int, dim: int | None, dtype: Dtype, name: str, width: int = 64) -> nn.Module:
+    if width != 64 and backbone != "preactresnet18":
+        raise ValueError(f"backbone_width is only supported for preactresnet18, not {backbone!r}")
     if backbone == "preactresnet18":
-        return PreActResNet18(num_classes, dim, dtype=dtype, name=name)
+        return PreActResNet18(num_classes, dim, initial_channels=width, dtype=dtype, name=name)
     if backbone == "resnet18":
         return ResNet18(num_classes, dim, dtype=dtype, name=name)
     if backbone == "cvgg13":
@@ -112,6 +114,10 @@ class FERAttention(nn.Module):
       attention_channels: channels of g_att and g_ft. The reference ties this
         to num_classes (defect 4); None keeps that tie.
       num_feature_blocks: LeakyReLU residual blocks in the feature branch (8).
+      num_filters: width of the attention U-Net's decoder (32 in the
+        reference). Smaller values are for quick CPU runs only.
+      backbone_width: PreActResNet18's first-stage channels (64 in the
+        reference); smaller values are for quick CPU runs only.
       gmmstn_cvgg_skips_warp: reproduce the reference bug where
         ferattentiongmmstn with the cvgg backbone classifies the unwarped
         image (defect 7). Off by default.
@@ -125,6 +131,8 @@ class FERAttention(nn.Module):
     backbone: str = "preactresnet18"
     attention_channels: int | None = None
     num_feature_blocks: int = 8
+    num_filters: int = 32
+    backbone_width: int = 64
     gmmstn_cvgg_skips_warp: bool = False
     dtype: Dtype = jnp.float32
 
@@ -137,7 +145,7 @@ class FERAttention(nn.Module):
         channels = self.attention_channels or self.num_classes
         x = x_BHWC.astype(self.dtype)
 
-        g_att = AttentionResNet(channels, dtype=self.dtype, name="attention_map")(x, train=train)
+        g_att = AttentionResNet(channels, num_filters=self.num_filters, dtype=self.dtype, name="attention_map")(x, train=train)
 
         f0 = Conv2d(channels, 9, 1, 4, dtype=self.dtype, name="conv_input")(x)
         out = _FeatureStack(self.num_feature_blocks, self.dtype, name="feature")(f0)
@@ -164,6 +172,7 @@ class FERAttention(nn.Module):
         else:
             classify = normalize_layer(recon)
 
-        head = make_backbone(self.backbone, self.num_classes, self.dim if self.embedding else None, self.dtype, "netclass")
+        dim = self.dim if self.embedding else None
+        head = make_backbone(self.backbone, self.num_classes, dim, self.dtype, "netclass", self.backbone_width)
         outputs.update(head(backbone_input(self.backbone, classify), train=train))
         return outputs
