@@ -11,6 +11,13 @@ import json
 import sys
 from typing import Sequence
 
+from feratt_jax.bench_cli import add_bench_subcommand
+from feratt_jax.data.cli import add_data_subcommands
+from feratt_jax.interop.cli import add_convert_subcommand
+from feratt_jax.kfold import add_kfold_subcommand
+from feratt_jax.predict import add_predict_subcommand
+from feratt_jax.represent import add_represent_subcommand
+
 
 def _add_info(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="parameter counts, output shapes and FLOPs of a model")
@@ -81,13 +88,13 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", required=True)
     p.add_argument("--split", choices=("val", "test"), default="test")
     p.add_argument("--noise-sweep", action="store_true", help="accuracy under Gaussian noise sigma in 0.01..0.3")
-    p.set_defaults(func=_run_eval)
+    p.set_defaults(func=_run_eval, accepts_overrides=True)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     from feratt_jax.evaluate import evaluate_run
 
-    report = evaluate_run(args.workdir, split=args.split, noise_sweep=args.noise_sweep)
+    report = evaluate_run(args.workdir, split=args.split, noise_sweep=args.noise_sweep, overrides=args.overrides)
     print(json.dumps({k: report[k] for k in ("accuracy", "macro_precision", "macro_recall", "reference_f1", "macro_f1")}))
     return 0
 
@@ -98,9 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(subparsers)
     _add_train(subparsers)
     _add_eval(subparsers)
-    from feratt_jax.interop.cli import add_convert_subcommand  # torch is imported only when it runs
-
+    # Each registers its arguments only; the heavy imports (torch, the
+    # renderer, the benchmark) happen when the subcommand runs.
+    add_data_subcommands(subparsers)
     add_convert_subcommand(subparsers)
+    add_bench_subcommand(subparsers)
+    add_represent_subcommand(subparsers)
+    add_predict_subcommand(subparsers)
+    add_kfold_subcommand(subparsers)
     return parser
 
 

@@ -54,13 +54,16 @@ class LoadedRun:
     export, the data settings are the defaults of the model's base config.
     """
 
-    def __init__(self, source: str | pathlib.Path, which: str = "best"):
+    def __init__(self, source: str | pathlib.Path, which: str = "best", overrides: Sequence[str] = ()):
         self.workdir = pathlib.Path(source)
         self.mesh = sharding.make_mesh()
         if (self.workdir / model_io.SPEC_FILENAME).is_file():
             self._load_export()
         else:
             self._load_workdir(which)
+        # e.g. --config.data.test_size=256 for an export, whose data settings
+        # are otherwise its base config's defaults.
+        configs.apply_overrides(self.config, overrides)
         self.image_size = int(self.config.data.image_size)
         self.eval_step = jax.jit(make_eval_step(self.model, self.config))
         self.class_names = list(EXPRESSION_NAMES[: int(self.config.model.num_classes)])
@@ -103,11 +106,18 @@ class LoadedRun:
         return predict_dataset(self.eval_step, self.state, {"image": images_BHWC}, batch, self.mesh, keep=keep)
 
 
-def evaluate_run(workdir: str | pathlib.Path, *, split: str = "test", noise_sweep: bool = False, sigmas: Sequence[float] = NOISE_SIGMAS) -> dict[str, Any]:
+def evaluate_run(
+    workdir: str | pathlib.Path,
+    *,
+    split: str = "test",
+    noise_sweep: bool = False,
+    sigmas: Sequence[float] = NOISE_SIGMAS,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
     """Write ``eval/metrics.json`` (merged per split) and the PNG figures; return the report."""
     if split not in ("val", "test"):
         raise ValueError(f"split must be val or test, got {split!r}")
-    run = LoadedRun(workdir)
+    run = LoadedRun(workdir, overrides=overrides)
     arrays = getattr(make_inputs(run.config), split)
     batch = int(run.config.train.eval_batch_size)
     num_classes = int(run.config.model.num_classes)

@@ -349,6 +349,10 @@ def module_options(module: nn.Module) -> dict[str, Any]:
             options["num_feature_blocks"] = int(module.num_feature_blocks)
         if module.gmmstn_cvgg_skips_warp:
             options["gmmstn_cvgg_skips_warp"] = True
+        if module.num_filters != 32:
+            options["num_filters"] = int(module.num_filters)
+        if module.backbone_width != 64:
+            options["backbone_width"] = int(module.backbone_width)
         return options
     options = {"embedding": True} if getattr(module, "dim", None) is not None else {}
     if isinstance(module, CVGG13) and module.dropout_rate != 0.5:

@@ -22,3 +22,22 @@ _compile_cache = tempfile.mkdtemp(prefix="feratt_jax_compile_cache_")
 jax.config.update("jax_compilation_cache_dir", _compile_cache)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+import gc  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs_between_modules():
+    """Drop compiled executables and dead arrays after each test module.
+
+    Several modules compile the full 45M-parameter model in train mode; kept
+    alive across a whole xdist worker these add up to >10 GB, which two
+    workers on a 24 GB machine cannot afford. The persistent compilation
+    cache above makes any recompile cheap.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()

@@ -113,9 +113,9 @@ def _from_torch(args: argparse.Namespace) -> int:
 
 def _to_torch(args: argparse.Namespace) -> int:
     from feratt_jax.interop.torch_checkpoint import export_reference_checkpoint
-    from feratt_jax.model_io import load_model
+    from feratt_jax.model_io import load_any
 
-    _, variables, spec = load_model(args.to_torch)
+    _, variables, spec = load_any(args.to_torch)  # an export or a training workdir
     extra = spec.get("extra", {})
     path = export_reference_checkpoint(
         variables,

@@ -1,0 +1,365 @@
+"""Every ``feratt`` command end to end on tiny configs, plus bad-input errors.
+
+One FERAtt+Rep+Cls run (``ferattentiongmm.py:tiny``: it has both an embedding
+for ``represent`` and an attention map for ``predict``) is trained once per
+module through ``feratt train``; every other command then runs on it in
+process through :func:`feratt_jax.cli.main`. ``kfold`` uses the cheap
+PreActResNet18 tiny config with one step per fold.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from feratt_jax import EXPRESSION_NAMES
+from feratt_jax.cli import main
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "experiments" / "configs"
+GMM_TINY = f"{CONFIGS / 'ferattentiongmm.py'}:tiny"
+PREACT_TINY = f"{CONFIGS / 'preactresnet18.py'}:tiny"
+METRIC_KEYS = ("accuracy", "macro_precision", "macro_recall", "reference_f1", "macro_f1")
+
+
+def _png(path: pathlib.Path) -> np.ndarray:
+    """Read a PNG with scikit-image and check it is a non-trivial picture."""
+    from skimage import io
+
+    assert path.is_file(), f"{path} missing"
+    img = io.imread(str(path))
+    assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50
+    assert img.std() > 0, f"{path} is blank"
+    return img
+
+
+def _fractions(report: dict, keys=METRIC_KEYS) -> None:
+    for key in keys:
+        assert 0.0 <= report[key] <= 1.0, (key, report[key])
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("cli_facebank_cache"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache_dir) -> pathlib.Path:
+    """A ferattentiongmm:tiny workdir trained once through ``feratt train``."""
+    workdir = tmp_path_factory.mktemp("cli_runs") / "gmm"
+    rc = main(
+        [
+            "train",
+            "--config",
+            GMM_TINY,
+            "--workdir",
+            str(workdir),
+            f"--config.data.cache_dir={cache_dir}",
+            "--config.data.loader=numpy",
+            "--config.train.num_steps=1",
+        ]
+    )
+    assert rc == 0
+    assert (workdir / "eval" / "metrics.json").is_file()
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def kfold_dir(tmp_path_factory, cache_dir) -> pathlib.Path:
+    """``feratt kfold --folds 2`` of preactresnet18:tiny, one step per fold."""
+    workdir = tmp_path_factory.mktemp("cli_kfold") / "kf"
+    rc = main(
+        [
+            "kfold",
+            "--config",
+            PREACT_TINY,
+            "--folds",
+            "2",
+            "--workdir",
+            str(workdir),
+            f"--config.data.cache_dir={cache_dir}",
+            "--config.data.loader=numpy",
+            "--config.train.num_steps=1",
+        ]
+    )
+    assert rc == 0
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> dict[str, pathlib.Path]:
+    """skimage's astronaut photo, a face-free gradient, and a corrupt 'PNG'."""
+    from skimage import data, io
+
+    folder = tmp_path_factory.mktemp("photos")
+    paths = {
+        "astronaut": folder / "astronaut.png",
+        "gradient": folder / "gradient.png",
+        "corrupt": folder / "corrupt.png",
+    }
+    io.imsave(str(paths["astronaut"]), data.astronaut(), check_contrast=False)
+    ramp = np.tile(np.linspace(0, 255, 96, dtype=np.uint8), (80, 1))
+    io.imsave(str(paths["gradient"]), ramp, check_contrast=False)
+    paths["corrupt"].write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 8)
+    return paths
+
+
+# ---------------------------------------------------------------- train/eval
+
+
+def test_train_wrote_a_sane_summary(trained):
+    summary = json.loads((trained / "eval" / "metrics.json").read_text())
+    for split in ("val", "test"):
+        _fractions(summary[split])
+        assert summary[split]["num_examples"] == 16
+    assert json.loads((trained / "config.json").read_text())["model"]["name"] == "ferattentiongmm"
+
+
+def test_eval_with_noise_sweep(trained, capsys):
+    assert main(["eval", "--workdir", str(trained), "--split", "test", "--noise-sweep"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    _fractions(printed)
+    metrics = json.loads((trained / "eval" / "metrics.json").read_text())
+    test = metrics["test"]
+    _fractions(test)
+    assert np.asarray(test["confusion_matrix"]).shape == (8, 8)
+    assert np.asarray(test["confusion_matrix"]).sum() == 16
+    assert len(test["per_class"]) == 8
+    sweep = test["noise_sweep"]
+    assert [row["sigma"] for row in sweep] == [0.0, 0.01, 0.05, 0.1, 0.2, 0.3]
+    assert all(0.0 <= row["accuracy"] <= 1.0 for row in sweep)
+    table = (trained / "eval" / "noise_sweep_test.md").read_text()
+    assert table.count("\n") == 2 + len(sweep)
+    for name in ("confusion_test.png", "attention_test.png", "noise_sweep_test.png"):
+        _png(trained / "eval" / name)
+
+
+# ---------------------------------------------------------------- represent
+
+
+def test_represent_writes_embeddings_knn_metrics_and_plot(trained, capsys):
+    assert main(["represent", "--workdir", str(trained), "--split", "test", "--train-size", "32"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["representation"] == "embedding"
+    out = trained / "represent"
+    metrics = json.loads((out / "metrics.json").read_text())
+    _fractions(metrics, METRIC_KEYS + ("nmi", "classifier_accuracy"))
+    assert metrics["k"] == 11 and metrics["dim"] == 32
+    assert metrics["num_train"] == 32 and metrics["num_eval"] == 16
+    arrays = np.load(out / "embeddings.npz")
+    assert arrays["train_embedding"].shape == (32, 32)
+    assert arrays["eval_embedding"].shape == (16, 32)
+    assert np.isfinite(arrays["train_embedding"]).all()
+    # The training sample comes from training subjects only, val/test from held-out ones.
+    assert not set(arrays["train_subject"].tolist()) & set(arrays["eval_subject"].tolist())
+    assert set(arrays["train_label"].tolist()) == set(range(8))  # class-balanced sample
+    # The recorded metrics are those of the stored kNN predictions.
+    assert metrics["accuracy"] == pytest.approx(np.mean(arrays["eval_knn_prediction"] == arrays["eval_label"]))
+    _png(out / "embedding_test.png")
+
+
+def test_represent_falls_back_to_logits_without_an_embedding(kfold_dir, capsys, tmp_path):
+    assert main(["represent", "--workdir", str(kfold_dir / "fold_0"), "--split", "val", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "no embedding output" in out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["representation"] == "logits" and metrics["dim"] == 8
+    assert "logits are used" in metrics["note"]
+    _png(tmp_path / "embedding_val.png")
+
+
+def test_nmi_matches_scikit_learn():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    from feratt_jax.represent import normalized_mutual_info
+
+    rng = np.random.default_rng(0)
+    cases = [
+        (rng.integers(0, 8, 200), rng.integers(0, 8, 200)),
+        (np.repeat(np.arange(4), 10), np.repeat(np.arange(4), 10)),  # identical: 1
+        (np.repeat(np.arange(4), 10), np.tile(np.arange(4), 10)),  # independent: 0
+        (np.zeros(10, int), np.zeros(10, int)),  # one cluster each: 1 by convention
+        (np.zeros(10, int), np.arange(10)),
+        (np.array([3, 3, 5, 5, 7]), np.array([0, 0, 0, 1, 1])),
+    ]
+    for true, pred in cases:
+        expected = sklearn_metrics.normalized_mutual_info_score(true, pred)
+        assert normalized_mutual_info(true, pred) == pytest.approx(expected, abs=1e-12)
+
+
+# ---------------------------------------------------------------- predict
+
+
+def test_predict_finds_the_astronauts_face_and_writes_overlays(trained, photos, capsys, tmp_path):
+    rc = main(
+        ["predict", str(photos["astronaut"]), str(photos["gradient"]), "--workdir", str(trained), "--out", str(tmp_path), "--json"]
+    )
+    assert rc == 0
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert f"no face found in {photos['gradient']}" in captured.err
+    astronaut, gradient = results
+    assert astronaut["face_detected"] and not gradient["face_detected"]
+    # Eileen Collins' face is at rows ~60-160, columns ~185-285 of the 512x512 photo.
+    r, c, h, w = astronaut["box"]
+    assert r < 110 < r + h and c < 235 < c + w and 80 < h < 250
+    assert gradient["box"] == [0, 0, 80, 96]
+    for res in results:
+        assert res["label"] in EXPRESSION_NAMES
+        assert sum(res["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert res["probability"] == max(res["probabilities"].values())
+        _png(pathlib.Path(res["overlay"]))
+    assert json.loads((tmp_path / "predictions.json").read_text()) == results
+
+    # The plain form prints one line per image.
+    assert main(["predict", str(photos["astronaut"]), "--workdir", str(trained), "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{photos['astronaut']}: ") and "happiness" in lines[0]
+
+
+def test_predict_with_a_model_without_attention(kfold_dir, photos, capsys, tmp_path):
+    workdir = kfold_dir / "fold_0"  # preactresnet18: no attention map, 32x32 input
+    assert main(["predict", str(photos["astronaut"]), "--workdir", str(workdir), "--out", str(tmp_path), "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["face_detected"] and result["label"] in EXPRESSION_NAMES
+    _png(tmp_path / "astronaut_overlay.png")
+
+
+def test_predict_missing_file_is_a_clear_error(capsys, tmp_path):
+    missing = tmp_path / "nope.jpg"
+    assert main(["predict", str(missing), "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "feratt predict: error" in err and str(missing) in err
+
+
+def test_predict_corrupt_image_is_a_clear_error(photos, capsys, tmp_path):
+    assert main(["predict", str(photos["corrupt"]), "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read image" in err and str(photos["corrupt"]) in err
+
+
+# ---------------------------------------------------------------- kfold
+
+
+def test_kfold_writes_the_table_and_resumes(kfold_dir, cache_dir, capsys):
+    result = json.loads((kfold_dir / "kfold.json").read_text())
+    assert result["folds"] == 2 and result["model"] == "preactresnet18"
+    assert [row["fold"] for row in result["per_fold"]] == [0, 1]
+    for row in result["per_fold"]:
+        _fractions(row)
+        assert row["step"] == 1  # the --config.train.num_steps override reached the trainer
+    for key in METRIC_KEYS:
+        values = [row[key] for row in result["per_fold"]]
+        assert result["mean"][key] == pytest.approx(np.mean(values))
+        assert result["std"][key] == pytest.approx(np.std(values, ddof=1))
+    for k in (0, 1):
+        config = json.loads((kfold_dir / f"fold_{k}" / "config.json").read_text())
+        assert config["data"]["fold"] == k and config["train"]["num_steps"] == 1
+    # Each fold tests on its own held-out subjects.
+    subjects = [json.loads((kfold_dir / f"fold_{k}" / "eval" / "metrics.json").read_text()) for k in (0, 1)]
+    assert all(s["test"]["num_examples"] == 16 for s in subjects)
+    table = (kfold_dir / "kfold.md").read_text()
+    assert "| fold | Acc | Prec | Rec | F1 | macro-F1 |" in table and "**mean**" in table and "+-" in table
+
+    # A rerun finds both folds complete and only rewrites the table.
+    args = ["kfold", "--config", PREACT_TINY, "--folds", "2", "--workdir", str(kfold_dir)]
+    args += [f"--config.data.cache_dir={cache_dir}", "--config.data.loader=numpy", "--config.train.num_steps=1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("already done") == 2 and "2-fold test" in out
+    # ... but refuses to reuse folds trained with another config.
+    assert main(args[:-1] + ["--config.train.num_steps=3"]) == 2
+    assert "different config" in capsys.readouterr().err
+
+
+def test_kfold_stops_cleanly_when_a_fold_is_interrupted(tmp_path):
+    from feratt_jax import configs
+    from feratt_jax.kfold import run_kfold
+
+    seen = []
+
+    def fake_train(config, workdir):
+        seen.append((config.data.fold, workdir.name))
+        if config.data.fold == 1:  # what train_and_evaluate returns after SIGTERM
+            return {"stopped_at_step": 3, "signal": "SIGTERM"}
+        report = {key: 0.5 for key in METRIC_KEYS} | {"num_examples": 16}
+        summary = {"step": 2, "best_val_accuracy": 0.5, "test": report}
+        (workdir / "eval").mkdir(parents=True)
+        (workdir / "eval" / "metrics.json").write_text(json.dumps(summary))
+        return summary
+
+    config = configs.load_config(PREACT_TINY)
+    result = run_kfold(config, 3, tmp_path, train_fn=fake_train, log=lambda _: None)
+    assert result == {"stopped": {"fold": 1, "stopped_at_step": 3, "signal": "SIGTERM"}}
+    assert seen == [(0, "fold_0"), (1, "fold_1")]
+    assert not (tmp_path / "kfold.json").exists()
+    assert config.data.fold == 0  # the caller's config is not modified
+
+
+def test_kfold_with_too_many_folds_is_a_clear_error(capsys, tmp_path):
+    rc = main(["kfold", "--config", PREACT_TINY, "--folds", "5", "--workdir", str(tmp_path / "kf")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--folds 5 exceeds the 4 folds" in err
+    assert not (tmp_path / "kf").exists()
+
+
+# ---------------------------------------------------------------- the rest
+
+
+def test_data_preview(capsys, tmp_path):
+    out = tmp_path / "preview.png"
+    assert main(["data", "preview", "--out", str(out), "--config", PREACT_TINY]) == 0
+    assert str(out) in capsys.readouterr().out
+    _png(out)
+
+
+def test_info(capsys):
+    assert main(["info", "--model", "ferattentiongmm", "--num-classes", "8", "--no-flops"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["params"] == 45_805_313
+    assert summary["output_shapes"]["embedding"] == [32]
+
+
+def test_convert_round_trip_and_eval_of_the_export(trained, cache_dir, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    from feratt_jax import configs, model_io
+
+    # `feratt convert --to-torch` reads exports, so export the run first.
+    module, variables, spec = model_io.load_any(trained)
+    export = tmp_path / "export"
+    model_io.save_model(
+        export, variables, model_name=spec["model_name"], num_classes=spec["num_classes"], dim=spec["dim"],
+        model_options=spec["model_options"], extra=spec["extra"],
+    )
+    pth = tmp_path / "ck.pth.tar"
+    assert main(["convert", "--to-torch", str(export), "--out", str(pth)]) == 0
+    back = tmp_path / "back"
+    assert main(["convert", "--from-torch", str(pth), "--out", str(back)]) == 0
+    _, back_variables, back_spec = model_io.load_model(back)
+    assert back_spec["model_name"] == "ferattentiongmm"
+    flat, flat_back = model_io.flatten_variables(variables), model_io.flatten_variables(back_variables)
+    assert flat.keys() == flat_back.keys()
+    assert all(np.array_equal(flat[k], flat_back[k]) for k in flat)
+
+    # An export carries no data settings: eval falls back to the model's base
+    # config, which is the full-size benchmark; shrink it to the tiny one.
+    base_config = configs.base_config
+
+    def tiny_base(name):
+        c = configs.tiny(base_config(name))
+        c.data.cache_dir = cache_dir
+        c.data.loader = "numpy"
+        return c
+
+    monkeypatch.setattr(configs, "base_config", tiny_base)
+    capsys.readouterr()
+    assert main(["eval", "--workdir", str(back), "--split", "test"]) == 0
+    report = json.loads((back / "eval" / "metrics.json").read_text())["test"]
+    _fractions(report)
+    # Same weights, same test set: the same predictions as the run's own
+    # final evaluation of its best checkpoint.
+    original = json.loads((trained / "eval" / "metrics.json").read_text())["test"]
+    assert report["confusion_matrix"] == original["confusion_matrix"]
