@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before JAX starts its backends: XLA reads XLA_FLAGS once (docs/performance.md).
+    from feratt_jax.xla_cpu import apply_fast_cpu_flags
+
+    apply_fast_cpu_flags()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     overrides = [a for a in extra if a.startswith("--config.")]
