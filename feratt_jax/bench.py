@@ -1,8 +1,8 @@
 """Benchmarks: JAX train/inference step timings, FLOPs and MFU, the renderer, and PyTorch beside them.
 
-``feratt bench`` (see :func:`add_bench_subcommand`) and ``python -m
-feratt_jax.bench`` both call :func:`run_bench`, which returns one JSON-ready
-report. For every (model, batch size, precision) setting it measures:
+``feratt bench`` (argparse wiring in :mod:`feratt_jax.bench_cli`) and
+``python -m feratt_jax.bench`` both call :func:`run_bench`, which returns one
+JSON-ready report. For every (model, batch size, precision) setting it measures:
 
 * compile time of the jitted train step and of the inference forward
   (``lower`` + ``compile``, ahead of time, so no step is timed cold);
@@ -36,10 +36,8 @@ level; torch and the renderer only when they are used.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import json
-import math
 import os
 import pathlib
 import platform
@@ -56,23 +54,9 @@ import numpy as np
 import optax
 
 from feratt_jax import losses as losses_lib
-from feratt_jax.models import FERATT_VARIANTS, MODEL_NAMES, build_model
+from feratt_jax.models import FERATT_VARIANTS, LOSS_VARIANT, MODEL_NAMES, build_model
+from feratt_jax.models.summary import DEFAULT_IMAGE_SIZE
 
-# Loss variant of each model, as the trainer's configs pair them
-# (feratt_jax.configs.LOSS_VARIANT, copied so that the bench needs no
-# ml_collections; the tests check the two agree).
-LOSS_VARIANT = {
-    "ferattention": "attention",
-    "ferattentiongmm": "attention_gmm",
-    "ferattentionstn": "attention_stn",
-    "ferattentiongmmstn": "attention_gmm_stn",
-    "preactresnet18": "classifier",
-    "resnet18": "classifier",
-    "cvgg13": "classifier",
-}
-
-# Input side each model is fed by default (FERAtt always sees 64 px).
-DEFAULT_IMAGE_SIZE = {"preactresnet18": 32, "resnet18": 224}
 
 PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 

@@ -15,16 +15,8 @@ from typing import Any, Sequence
 
 import ml_collections
 
-# Loss variant of each model name, as the reference pairs trainers and archs.
-LOSS_VARIANT = {
-    "ferattention": "attention",
-    "ferattentiongmm": "attention_gmm",
-    "ferattentionstn": "attention_stn",
-    "ferattentiongmmstn": "attention_gmm_stn",
-    "preactresnet18": "classifier",
-    "resnet18": "classifier",
-    "cvgg13": "classifier",
-}
+from feratt_jax.models import LOSS_VARIANT
+
 
 
 def base_config(model_name: str) -> ml_collections.ConfigDict:

@@ -115,11 +115,6 @@ def test_bad_arguments():
         bench.run_bench(["preactresnet18"], precisions=["fp8"], log=None)
 
 
-def test_loss_variants_match_configs():
-    configs = pytest.importorskip("feratt_jax.configs")
-    assert bench.LOSS_VARIANT == configs.LOSS_VARIANT
-
-
 def test_train_step_matches_trainer():
     """The bench's step and the trainer's step give the same new state and metrics."""
     try:
@@ -286,3 +281,23 @@ def test_gpu_check_dry_run(tmp_path):
     assert {(r["framework"], r["precision"]) for r in report["results"]} >= {("jax", "bf16"), ("jax", "fp32")}
     for name in ("env.json", "bench.md", "summary.md", "log.txt"):
         assert (tmp_path / name).is_file(), name
+
+
+def test_fast_cpu_flags_edit_only_what_is_unset():
+    from feratt_jax import xla_cpu
+
+    (flag,) = xla_cpu.FAST_CPU_FLAGS
+    assert xla_cpu.flag_is_accepted(flag)  # the installed jaxlib knows it
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    assert xla_cpu.apply_fast_cpu_flags(env) == [flag]
+    assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=8 {flag}"
+    assert xla_cpu.apply_fast_cpu_flags(env) == []  # idempotent
+    mine = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}
+    assert xla_cpu.apply_fast_cpu_flags(mine) == [] and mine["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
+    empty: dict[str, str] = {}
+    assert xla_cpu.apply_fast_cpu_flags(empty) == [flag] and empty["XLA_FLAGS"] == flag
+    # In this (test) process the backends exist already: os.environ is left alone.
+    jax.devices()
+    before = os.environ.get("XLA_FLAGS")
+    assert xla_cpu.apply_fast_cpu_flags() == []
+    assert os.environ.get("XLA_FLAGS") == before

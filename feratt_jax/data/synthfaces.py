@@ -31,6 +31,8 @@ y down); the rasteriser works in continuous pixel coordinates.
 
 from __future__ import annotations
 
+from feratt_jax import EXPRESSION_NAMES
+
 import dataclasses
 import math
 from collections.abc import Mapping
@@ -54,16 +56,8 @@ GENERATOR_VERSION = 1
 FACE_SIZE = 128
 NUM_LANDMARKS = 68
 NUM_CLASSES = 8
-CLASS_NAMES = (
-    "neutral",
-    "happiness",
-    "surprise",
-    "sadness",
-    "anger",
-    "disgust",
-    "fear",
-    "contempt",
-)
+# The unified label order shared by every data source.
+CLASS_NAMES = EXPRESSION_NAMES
 
 # Bilateral AUs, then unilateral ones (L = image left, R = image right).
 AU_NAMES = (

@@ -27,6 +27,17 @@ FERATT_VARIANTS = {
     "ferattentiongmmstn": (True, True),
 }
 BASELINES = {"preactresnet18": PreActResNet18, "resnet18": ResNet18, "cvgg13": CVGG13}
+# Loss variant (feratt_jax.losses.feratt_losses) of each model, as the
+# reference pairs its trainers with its archs; baselines train on CE only.
+LOSS_VARIANT = {
+    "ferattention": "attention",
+    "ferattentiongmm": "attention_gmm",
+    "ferattentionstn": "attention_stn",
+    "ferattentiongmmstn": "attention_gmm_stn",
+    "preactresnet18": "classifier",
+    "resnet18": "classifier",
+    "cvgg13": "classifier",
+}
 MODEL_NAMES = tuple(FERATT_VARIANTS) + tuple(BASELINES)
 
 
@@ -75,4 +86,4 @@ def _check_options(name: str, options: dict[str, Any], allowed: set[str]) -> Non
         raise ValueError(f"model {name!r} does not take option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
 
 
-__all__ = ["build_model", "MODEL_NAMES", "FERATT_VARIANTS", "BASELINES", "BACKBONES", "FERAttention"]
+__all__ = ["build_model", "MODEL_NAMES", "LOSS_VARIANT", "FERATT_VARIANTS", "BASELINES", "BACKBONES", "FERAttention"]
