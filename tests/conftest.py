@@ -29,14 +29,15 @@ import gc  # noqa: E402
 import pytest  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _release_compiled_programs_between_modules():
-    """Drop compiled executables and dead arrays after each test module.
+@pytest.fixture(autouse=True)
+def _release_compiled_programs_after_each_test():
+    """Drop compiled executables and dead arrays after each test.
 
-    Several modules compile the full 45M-parameter model in train mode; kept
-    alive across a whole xdist worker these add up to >10 GB, which two
-    workers on a 24 GB machine cannot afford. The persistent compilation
-    cache above makes any recompile cheap.
+    Many tests jit their own closures over the full 45M-parameter model;
+    JAX keeps every such executable (and its constants) alive, and within
+    one xdist worker they reached 10-13 GB, twice OOM-killing a worker on
+    this 24 GB machine. The persistent compilation cache above makes the
+    recompiles this causes cheap.
     """
     yield
     jax.clear_caches()
