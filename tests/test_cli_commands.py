@@ -18,6 +18,11 @@ import pytest
 from feratt_jax import EXPRESSION_NAMES
 from feratt_jax.cli import main
 
+# The shared run trains the full-size FERAtt model (45M parameters), so the
+# module belongs with the other full-size tests: run by the README command,
+# skipped by the fast (-m "not slow") pass.
+pytestmark = pytest.mark.slow
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "experiments" / "configs"
 GMM_TINY = f"{CONFIGS / 'ferattentiongmm.py'}:tiny"

@@ -220,6 +220,7 @@ def test_kaiming_fan_out_init_for_resnet_and_cvgg_convs():
     assert float(jnp.max(jnp.abs(params["bias"]))) == 0.0
 
 
+@pytest.mark.slow  # initialises the full-size model
 def test_stn_starts_at_identity():
     model = build_model("ferattentionstn", num_classes=8)
     variables = _abstract_init(model)
@@ -236,6 +237,7 @@ def test_normalize_layer_constants():
     np.testing.assert_allclose(normalize_layer(x).ravel(), expected, rtol=1e-6)
 
 
+@pytest.mark.slow  # compiles the full-size model in train and eval mode
 def test_ferattention_forward_train_and_eval():
     """One real forward of the full-size model: BN stats move, outputs are sane."""
     model = build_model("ferattentionstn", num_classes=8)
