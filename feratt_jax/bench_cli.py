@@ -64,7 +64,11 @@ def run_bench_cli(args: argparse.Namespace) -> int:
         apply_fast_cpu_flags()
     from feratt_jax import bench
 
-    command = " ".join(sys.argv)
+    # Rebuilt from the parsed arguments: sys.argv is not the bench's own
+    # command line when it is called in-process (tests, notebooks).
+    skip = {"func", "command", "overrides", "accepts_overrides"}
+    options = " ".join(f"--{k.replace('_', '-')}={v}" for k, v in sorted(vars(args).items()) if k not in skip)
+    command = f"feratt bench {options}"
     report = bench.run_bench(
         args.model,
         args.batch_size,
