@@ -12,7 +12,8 @@ the optimizer).
 Usage::
 
     python experiments/conv_shapes.py --model ferattention --batch-size 32 [--steps 5] [--json out.json]
-    XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution python experiments/conv_shapes.py
+    XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution python experiments/conv_shapes.py \
+        --patch small-conv-im2col
 """
 
 from __future__ import annotations
@@ -46,8 +47,6 @@ def model_convolutions(model_name: str, batch_size: int, image_size: int = 64) -
                 lhs, rhs = (v.aval.shape for v in eqn.invars)
                 p = eqn.params
                 found[(tuple(lhs), tuple(rhs), tuple(p["window_strides"]), tuple(tuple(q) for q in p["padding"]))] += 1
-            for sub in jax.core.jaxprs_in_params(eqn.params) if hasattr(jax.core, "jaxprs_in_params") else []:
-                walk(sub)
             for v in eqn.params.values():
                 if hasattr(v, "jaxpr") and hasattr(v.jaxpr, "eqns"):
                     walk(v.jaxpr)
@@ -74,10 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--patch", action="append", default=[], help="a cpu_variants.py patch (e.g. small-conv-im2col)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
+    # Shapes come from the unpatched model; the patch changes how they are computed.
     convs = model_convolutions(args.model, args.batch_size)
+    if args.patch:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import cpu_variants
+
+        cpu_variants.apply_patches(args.patch)
     torch = None
     if not args.no_torch:
         import torch
@@ -90,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         k = jax.random.normal(jax.random.key(1), rhs) * 0.05
 
         def conv(x, k, strides=strides, padding=padding):
+            # Looked up at call time so that a --patch applies.
             return jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
         y_shape = jax.eval_shape(conv, x, k).shape
@@ -131,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows.sort(key=lambda r: -r["xla_ms"] * r["count"])
     names = [n for n in ("xla", "torch_eager", "torch_channels_last") if f"{n}_ms" in rows[0]]
-    print(f"{args.model} batch {args.batch_size}, fwd+bwd per convolution, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}")
+    print(f"{args.model} batch {args.batch_size}, fwd+bwd per convolution, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}, "
+          f"patches={args.patch}")
     print("| input (B,H,W,C) | kernel | stride | n | GFLOP (fwd+bwd, x n) | " + " | ".join(f"{n} ms (x n)" for n in names) + " |")
     print("|---|---|---|---:|---:|" + "---:|" * len(names))
     totals = {n: 0.0 for n in names}

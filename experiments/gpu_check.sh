@@ -11,7 +11,7 @@
 #     H100/H200 datasheet peak), device memory;
 #   * the PyTorch implementation (feratt_jax.interop.torch_model) on CUDA, fp32, eager
 #     and channels_last, cudnn.benchmark on, beside every JAX setting;
-#   * the jitted compositing renderer at batch 256.
+#   * the jitted compositing renderer at batch 256 (measured first).
 # Outputs in OUT_DIR: env.json, bench.json / bench.md (rewritten after every setting, so
 # a run cut short keeps what it measured), summary.json / summary.md (the GPU
 # targets, pass/fail), log.txt.

@@ -50,7 +50,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
         "--no-fast-cpu-flags",
         dest="fast_cpu_flags",
         action="store_false",
-        help="do not add feratt_jax.xla_cpu.FAST_CPU_FLAGS to XLA_FLAGS (they are added by default, as for training)",
+        help="measure jaxlib's defaults: do not add feratt_jax.xla_cpu.FAST_CPU_FLAGS to XLA_FLAGS (added by default)",
     )
     p.add_argument("--json", default=None, metavar="OUT", help="write the full report as JSON")
     p.add_argument("--markdown", default=None, metavar="OUT", help="write the tables as markdown")
