@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from feratt_jax.models import MODEL_NAMES, build_model
-from feratt_jax.models.layers import BatchNorm2d, Conv2d, Linear, normalize_layer, upsample_bilinear_2x
+from feratt_jax.models.layers import (
+    BatchNorm2d,
+    Conv2d,
+    Linear,
+    conv_as_matmul,
+    conv_needs_matmul_form,
+    normalize_layer,
+    upsample_bilinear_2x,
+)
 
 
 def _abstract_init(model, size=64, batch=2):
@@ -198,6 +206,51 @@ def test_conv2d_matches_direct_correlation():
             patch = xp[2 * i : 2 * i + 3, 2 * j : 2 * j + 3, :]
             expected[i, j] = np.einsum("hwc,hwco->o", patch, k) + b
     np.testing.assert_allclose(y[0], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "hw, k, stride, pad, expected",
+    [
+        ((2, 2), 3, 1, 1, True),  # the attention encoder's conv5 / U-Net centre
+        ((4, 4), 3, 2, 1, True),  # 4x4 -> 2x2 output
+        ((1, 1), 3, 1, 1, True),
+        ((8, 8), 3, 1, 1, False),
+        ((2, 2), 1, 1, 0, False),  # 1x1 kernels are matmuls already
+        ((64, 64), 9, 1, 4, False),
+    ],
+)
+def test_conv_needs_matmul_form_only_below_kernel_size(hw, k, stride, pad, expected):
+    assert conv_needs_matmul_form(hw, k, stride, pad) is expected
+
+
+@pytest.mark.parametrize("hw, stride", [((2, 2), 1), ((4, 4), 2), ((3, 5), 2), ((1, 1), 1)])
+def test_conv_as_matmul_equals_xla_convolution_and_its_gradients(hw, stride):
+    kx, kk = jax.random.split(jax.random.key(3))
+    x = jax.random.normal(kx, (2, *hw, 5), jnp.float32)
+    w = jax.random.normal(kk, (3, 3, 5, 7), jnp.float32)
+
+    def xla(x, w):
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def matmul(x, w):
+        return conv_as_matmul(x, w, stride, 1)
+
+    np.testing.assert_allclose(matmul(x, w), xla(x, w), rtol=1e-5, atol=1e-5)
+    g_matmul = jax.grad(lambda x, w: jnp.sum(jnp.sin(matmul(x, w))), argnums=(0, 1))(x, w)
+    g_xla = jax.grad(lambda x, w: jnp.sum(jnp.sin(xla(x, w))), argnums=(0, 1))(x, w)
+    for a, b in zip(g_matmul, g_xla):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_uses_matmul_form_on_small_maps():
+    # The lowered HLO of a 3x3 conv on a 2x2 map has a dot and no convolution.
+    x = jnp.ones((1, 2, 2, 4))
+    conv = Conv2d(4, 3, padding=1)
+    variables = conv.init(jax.random.key(0), x)
+    hlo = jax.jit(conv.apply).lower(variables, x).as_text()
+    assert "convolution" not in hlo and "dot_general" in hlo
+    hlo_big = jax.jit(conv.apply).lower(variables, jnp.ones((1, 8, 8, 4))).as_text()
+    assert "convolution" in hlo_big
 
 
 def test_torch_default_init_is_uniform_with_fan_in_bound():

@@ -64,6 +64,41 @@ def per_channel(v_C: jax.Array, ndim: int) -> jax.Array:
     return v_C.reshape((1,) * (ndim - 1) + (-1,))
 
 
+def conv_needs_matmul_form(hw: tuple[int, int], kernel_size: int, stride: int, padding: int) -> bool:
+    """True for a convolution whose input or output map is smaller than its kernel.
+
+    XLA's algebraic simplifier swaps the operands of such a convolution (the
+    kernel becomes the "image") and the CPU backend runs the swapped form
+    through a generic loop at ~1 GFLOP/s: the six 3x3 512->512 convolutions on
+    the attention encoder's 2x2 maps took half of the FERAtt train step
+    (docs/performance.md, section 1). As one matmul they run ~40x faster.
+    """
+    if kernel_size == 1:
+        return False
+    out = [(n + 2 * padding - kernel_size) // stride + 1 for n in hw]
+    return min(*hw, *out) < kernel_size
+
+
+def conv_as_matmul(x_BHWC: jax.Array, kernel_HWIO: jax.Array, stride: int, padding: int) -> jax.Array:
+    """A convolution as explicit patches (pad + k*k strided slices) times the flattened kernel.
+
+    Same sum as ``conv_general_dilated`` in another order (float32 results
+    differ by rounding, ~1e-6 relative); same parameters, same gradients up to
+    rounding. Only used where the patch tensor is small (maps below kernel size).
+    """
+    kh, kw, ci, co = kernel_HWIO.shape
+    xp = jnp.pad(x_BHWC, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    ho = (xp.shape[1] - kh) // stride + 1
+    wo = (xp.shape[2] - kw) // stride + 1
+    taps_BHWC = [
+        xp[:, i : i + (ho - 1) * stride + 1 : stride, j : j + (wo - 1) * stride + 1 : stride, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    # Tap order (i, j, c) matches the HWIO kernel flattened row-major.
+    return jnp.dot(jnp.concatenate(taps_BHWC, axis=-1), kernel_HWIO.reshape(kh * kw * ci, co))
+
+
 class Conv2d(nn.Module):
     """``torch.nn.Conv2d`` in NHWC: symmetric explicit padding, HWIO kernel.
 
@@ -91,14 +126,18 @@ class Conv2d(nn.Module):
         else:
             raise ValueError(f"unknown init_style {self.init_style!r}")
         kernel = self.param("kernel", kernel_init, (k, k, in_features, self.features), jnp.float32)
-        pad = self.padding
-        y = jax.lax.conv_general_dilated(
-            x_BHWC.astype(self.dtype),
-            kernel.astype(self.dtype),
-            window_strides=(self.stride, self.stride),
-            padding=((pad, pad), (pad, pad)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        x, w = x_BHWC.astype(self.dtype), kernel.astype(self.dtype)
+        if conv_needs_matmul_form(x.shape[1:3], k, self.stride, self.padding):
+            y = conv_as_matmul(x, w, self.stride, self.padding)
+        else:
+            pad = self.padding
+            y = jax.lax.conv_general_dilated(
+                x,
+                w,
+                window_strides=(self.stride, self.stride),
+                padding=((pad, pad), (pad, pad)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
         if self.use_bias:
             bias = self.param("bias", bias_init, (self.features,), jnp.float32)
             y = y + per_channel(bias.astype(self.dtype), y.ndim)
