@@ -66,7 +66,9 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     # Fields of feratt_jax.data.pipeline.DataConfig (batch size and number of
     # classes come from train/model); see its docstring for each.
     c.data = ml_collections.ConfigDict()
-    c.data.source = "synthetic"
+    c.data.source = "synthetic"  # or ckplus, bu3dfe, ... / a folder from `feratt data prepare`
+    c.data.mode = "synthetic"  # "real": the aligned faces as they are, no compositing
+    c.data.split = "kfold"  # "official": the dataset's own train/val/test partition
     c.data.num_subjects = 300
     c.data.intensities = 3
     c.data.face_seed = 0
@@ -146,6 +148,54 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 SIZES = {"": lambda c: c, "full": lambda c: c, "quick": quick, "tiny": tiny}
+
+# The paper's table settings (reference.md 6): dataset -> (classes, subjects).
+PAPER_DATASETS = {"ckplus": (8, 123), "bu3dfe": (7, 100)}
+
+
+def paper_table_config(dataset: str, mode: str, arg: str = "") -> ml_collections.ConfigDict:
+    """One setting of the paper's tables: CK+ (8 classes) or BU-3DFE (7), "synthetic" or "real" rows.
+
+    The data come from ``feratt data prepare --dataset DATASET`` (see
+    ``feratt_jax.data.pipeline.DataConfig.source``). Folds hold out 10
+    subjects for test and the next 10 for validation, the reference's
+    ``nactor=10``. Rows "real" train and test on the aligned faces as they
+    are (no pose augmentation: ``render_preset="identity"``; "mild" adds some).
+
+    Args:
+      dataset: "ckplus" or "bu3dfe".
+      mode: "synthetic" or "real".
+      arg: comma-separated model name (default ferattention; the paper's
+        methods are ferattention, ferattentiongmm and preactresnet18) and size
+        (quick, tiny), e.g. "ferattentiongmm,quick".
+    """
+    if dataset not in PAPER_DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(PAPER_DATASETS)}, got {dataset!r}")
+    model_name, size = "ferattention", ""
+    for token in filter(None, (t.strip() for t in arg.split(","))):
+        if token in SIZES:
+            size = token
+        elif token in LOSS_VARIANT:
+            model_name = token
+        else:
+            raise ValueError(
+                f"unknown config argument {token!r}; use a model {sorted(LOSS_VARIANT)} "
+                f"and/or a size {sorted(k for k in SIZES if k)}"
+            )
+    c = sized(base_config(model_name), size)
+    from feratt_jax.models.summary import DEFAULT_IMAGE_SIZE
+
+    c.model.input_size = DEFAULT_IMAGE_SIZE.get(model_name, 0)
+    c.model.num_classes, subjects = PAPER_DATASETS[dataset]
+    c.data.source = dataset
+    c.data.num_subjects = subjects  # not used to load real data; `feratt kfold` counts folds with it
+    c.data.mode = mode
+    c.data.subjects_per_fold = 10
+    c.data.val_subjects = 10
+    if mode == "real":
+        c.data.render_preset = "identity"
+        c.data.eval_render_preset = "identity"
+    return c
 
 
 def sized(c: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:

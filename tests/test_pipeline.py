@@ -199,7 +199,7 @@ def test_data_config_errors(tmp_path):
     with pytest.raises(ValueError, match="image_size 50 is not supported"):
         DataConfig(image_size=50)
     with pytest.raises(ValueError, match="source"):
-        DataConfig(source="ckplus")
+        DataConfig(source="nosuchdataset")
     with pytest.raises(ValueError, match="unknown render preset"):
         DataConfig(eval_render_preset="harsh")
     empty = tmp_path / "empty_backgrounds"

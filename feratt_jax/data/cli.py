@@ -10,7 +10,7 @@ import argparse
 
 
 def add_data_subcommands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Adds the ``data`` command group (currently ``data preview``).
+    """Adds the ``data`` command group (``data preview``, ``data prepare``).
 
     Args:
       subparsers: the object returned by ``parser.add_subparsers()``.
@@ -18,7 +18,9 @@ def add_data_subcommands(subparsers: argparse._SubParsersAction) -> argparse.Arg
     Returns:
       The ``data`` parser.
     """
-    data = subparsers.add_parser("data", help="synthetic data tools", description="Synthetic data tools.")
+    data = subparsers.add_parser(
+        "data", help="data tools: preview, prepare", description="Synthetic data preview; real-dataset conversion."
+    )
     sub = data.add_subparsers(dest="data_command", metavar="COMMAND")
     sub.required = True
     pv = sub.add_parser(
@@ -36,6 +38,16 @@ def add_data_subcommands(subparsers: argparse._SubParsersAction) -> argparse.Arg
     pv.add_argument("--seed", type=int, default=0, help="render seed (default 0)")
     pv.add_argument("--preset", default=None, help="renderer preset: train, eval or identity (default: the config's)")
     pv.set_defaults(func=run_preview)
+    pr = sub.add_parser(
+        "prepare",
+        help="convert a real dataset (CK+, JAFFE, BU-3DFE, FER2013, FER+, AffectNet, RAF-DB) into aligned faces",
+        description="Parse a dataset's native layout, align every face into a 128x128 dark face and write the "
+        "records that --config.data.source reads. Interrupted conversions resume.",
+    )
+    from feratt_jax.data.real.prepare import add_prepare_arguments, run_prepare
+
+    add_prepare_arguments(pr)
+    pr.set_defaults(func=run_prepare)
     return data
 
 

@@ -40,8 +40,13 @@ from feratt_jax.data.splits import SubjectSplit, kfold_subject_split, split_reco
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("synthetic",)
+SOURCES = ("synthetic",)  # plus the real datasets' names (feratt_jax.data.real.DATASETS) or a folder path
+MODES = ("synthetic", "real")
+SPLITS = ("kfold", "official")
 LOADERS = ("auto", "grain", "numpy")
+# Renderer settings forced in mode "real": no background, no illumination matching, no
+# 48 px round trip (that chain belongs to the composites; reference.md 5.4).
+_REAL_MODE_RENDER = {"illumination": False, "normalize_background": False, "downsample_size": None}
 
 # Stream tags for np.random.default_rng seed sequences.
 _TRAIN_STREAM = 0x7EA1
@@ -53,9 +58,21 @@ class DataConfig:
     """Everything the data side needs; built from ``config.data`` with :meth:`from_dict`.
 
     Attributes:
-      source: dataset; only "synthetic" (the embedded generator) here.
-      num_subjects: synthetic identities.
-      intensities: faces per (subject, class), each with its own gain and nuisance.
+      source: "synthetic" (the embedded generator), a real dataset's name
+        (``ckplus``, ``bu3dfe``, ...: the folder of that name under
+        ``$FERATT_DATA_DIR`` or ``~/.cache/feratt_jax/datasets``), or the path
+        of a folder written by ``feratt data prepare``. Its faces replace the
+        synthetic face bank; records with a label >= num_classes are left out.
+      mode: "synthetic" composites the faces onto clutter (the paper's
+        "synthetic" rows); "real" uses the aligned face on black as is (the
+        "real" rows): no background, no illumination matching, no 48 px round
+        trip, and val/test hold every record of their subjects once, without
+        geometric changes (``val_size`` / ``test_size`` are then ignored).
+      split: "kfold" (subject-independent folds below) or "official" (the
+        dataset's own train/val/test partition, e.g. FER2013's Usage; without
+        an official val partition, every 10th train subject validates).
+      num_subjects: synthetic identities (synthetic source only).
+      intensities: faces per (subject, class), each with its own gain and nuisance (synthetic source only).
       num_classes: classes 0..num_classes-1 (8 = the unified FER+ order).
       face_seed: seed of the generated dataset itself (identities and faces).
       image_size: rendered side S.
@@ -84,6 +101,8 @@ class DataConfig:
     """
 
     source: str = "synthetic"
+    mode: str = "synthetic"
+    split: str = "kfold"
     num_subjects: int = 120
     intensities: int = 3
     num_classes: int = synthfaces.NUM_CLASSES
@@ -116,8 +135,16 @@ class DataConfig:
         def fail(msg: str) -> None:
             raise ValueError(f"DataConfig: {msg}")
 
-        if self.source not in SOURCES:
-            fail(f"source {self.source!r} is not supported here; use one of {SOURCES}")
+        from feratt_jax.data.real import DATASETS
+
+        if self.source not in SOURCES + DATASETS and not _looks_like_path(self.source):
+            fail(f"source {self.source!r} is not supported; use one of {SOURCES + DATASETS} or a prepared folder")
+        if self.mode not in MODES:
+            fail(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.split not in SPLITS:
+            fail(f"split must be one of {SPLITS}, got {self.split!r}")
+        if self.split == "official" and self.source == "synthetic":
+            fail("split='official' needs a real dataset with official partitions (source='synthetic' has none)")
         if self.loader not in LOADERS:
             fail(f"loader must be one of {LOADERS}, got {self.loader!r}")
         for name in ("num_subjects", "intensities", "batch_size", "subjects_per_fold"):
@@ -169,17 +196,23 @@ class DataConfig:
         """The training :class:`RenderConfig` (or ``preset``), with ``render`` overrides and image_size."""
         from feratt_jax.data.render import RenderConfig  # deferred: keeps JAX out of workers
 
+        forced = _REAL_MODE_RENDER if self.mode == "real" else {}
         return RenderConfig.from_dict(
-            dict(self.render), preset=preset or self.render_preset, image_size=self.image_size
+            {**dict(self.render), **forced}, preset=preset or self.render_preset, image_size=self.image_size
         )
 
     def eval_render_config(self):
-        """The val/test :class:`RenderConfig`."""
-        return self.render_config(self.eval_render_preset)
+        """The val/test :class:`RenderConfig` (mode "real": the "identity" preset, the face as is)."""
+        return self.render_config("identity" if self.mode == "real" else self.eval_render_preset)
 
     def generator_config(self) -> synthfaces.GeneratorConfig:
         """The face generator's config."""
         return synthfaces.GeneratorConfig.from_dict(dict(self.generator))
+
+
+def _looks_like_path(source: str) -> bool:
+    """Whether ``data.source`` names a folder rather than a dataset."""
+    return "/" in source or "\\" in source or source.startswith((".", "~"))
 
 
 # ---------------------------------------------------------------------------
@@ -336,6 +369,7 @@ def render_eval_set(
     tag: int,
     config,
     chunk: int = 256,
+    every_record: bool = False,
 ) -> dict[str, np.ndarray]:
     """Renders a class-balanced evaluation set once (deterministic from ``seed`` and ``tag``).
 
@@ -343,11 +377,13 @@ def render_eval_set(
       bank: face bank.
       record_idx: bank rows of the split.
       pool: background pool.
-      size: number of samples.
+      size: number of samples (ignored with ``every_record``).
       seed: evaluation seed.
       tag: distinguishes val from test.
       config: RenderConfig.
       chunk: render batch size.
+      every_record: render each record of the split once, in order, instead
+        of a class-balanced draw (the "real" rows: the test images as they are).
 
     Returns:
       ``image``, ``x_org`` (N, S, S, 1) float32, ``mask`` (N, S, S, 1) float32,
@@ -370,17 +406,22 @@ def render_eval_set(
         "record": np.zeros((0,), np.int64),
     }
     record_idx = np.asarray(record_idx)
+    if every_record:
+        size = len(record_idx)
     if size == 0 or len(record_idx) == 0:
         return empty
     rng = np.random.default_rng([seed, _EVAL_STREAM, tag])
-    labels = bank["label"][record_idx]
-    classes = np.unique(labels)
-    cls = np.resize(classes, size)
-    rows = np.empty(size, np.int64)
-    for c in classes:
-        pos = np.flatnonzero(cls == c)
-        cand = record_idx[labels == c]
-        rows[pos] = cand[rng.integers(0, len(cand), size=len(pos))]
+    if every_record:
+        rows = np.sort(record_idx).astype(np.int64)
+    else:
+        labels = bank["label"][record_idx]
+        classes = np.unique(labels)
+        cls = np.resize(classes, size)
+        rows = np.empty(size, np.int64)
+        for c in classes:
+            pos = np.flatnonzero(cls == c)
+            cand = record_idx[labels == c]
+            rows[pos] = cand[rng.integers(0, len(cand), size=len(pos))]
     bgs = pool.crops(rng.random((size, BackgroundPool.DRAWS_PER_CROP)))
     seeds = rng.integers(0, 2**32, size=size, dtype=np.uint64).astype(np.uint32)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("image", "x_org", "mask", "theta")}
@@ -481,8 +522,27 @@ class Datasets:
     info: dict[str, Any]
 
 
-def build_background_pool(config: DataConfig, seed: int = 0) -> BackgroundPool:
-    """The background pool of a data config."""
+class BlackBackgrounds:
+    """Stands in for the background pool in mode "real": all-black crops, so nothing is composited.
+
+    Picklable, with :class:`BackgroundPool`'s ``crops`` interface.
+    """
+
+    crop_size = 8  # any size works: the renderer resamples a window of it
+
+    def crops(self, u: np.ndarray) -> np.ndarray:
+        """(n, 8, 8) zeros for (n, DRAWS_PER_CROP) uniforms."""
+        return np.zeros((np.asarray(u).shape[0], self.crop_size, self.crop_size), np.uint8)
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` black crops."""
+        return self.crops(np.zeros((n, BackgroundPool.DRAWS_PER_CROP)))
+
+
+def build_background_pool(config: DataConfig, seed: int = 0) -> BackgroundPool | BlackBackgrounds:
+    """The background pool of a data config (black crops in mode "real")."""
+    if config.mode == "real":
+        return BlackBackgrounds()
     return BackgroundPool.build(
         config.background_size or config.image_size,
         background_dir=config.background_dir or None,
@@ -518,27 +578,33 @@ def make_datasets(
         cfg = dataclasses.replace(cfg, fold=fold)
     if cfg.batch_size % process_count:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by process_count {process_count}")
-    if cfg.background_dir:
+    if cfg.background_dir and cfg.mode != "real":
         list_image_files(cfg.background_dir)  # fail before the slow steps on a bad folder
     t0 = time.perf_counter()
-    bank = facebank.load_or_build_bank(
-        cfg.num_subjects,
-        cfg.intensities,
-        cfg.face_seed,
-        cfg.generator_config(),
-        cfg.num_classes,
-        cache_dir=cfg.cache_dir or None,
-        use_cache=cfg.use_cache,
-        num_workers=None if cfg.bank_workers < 0 else cfg.bank_workers,
-    )
+    if cfg.source == "synthetic":
+        bank = facebank.load_or_build_bank(
+            cfg.num_subjects,
+            cfg.intensities,
+            cfg.face_seed,
+            cfg.generator_config(),
+            cfg.num_classes,
+            cache_dir=cfg.cache_dir or None,
+            use_cache=cfg.use_cache,
+            num_workers=None if cfg.bank_workers < 0 else cfg.bank_workers,
+        )
+    else:
+        bank = load_real_bank(cfg.source, cfg.num_classes)
     t_bank = time.perf_counter() - t0
-    split = kfold_subject_split(
-        bank["subject"],
-        cfg.subjects_per_fold,
-        cfg.fold,
-        num_folds=cfg.num_folds or None,
-        val_subjects=cfg.val_subjects,
-    )
+    if cfg.split == "official":
+        split = official_split(bank, cfg.val_subjects)
+    else:
+        split = kfold_subject_split(
+            bank["subject"],
+            cfg.subjects_per_fold,
+            cfg.fold,
+            num_folds=cfg.num_folds or None,
+            val_subjects=cfg.val_subjects,
+        )
     idx = split_record_indices(bank["subject"], split)
     t1 = time.perf_counter()
     pool = build_background_pool(cfg, seed=cfg.face_seed)
@@ -555,10 +621,15 @@ def make_datasets(
     train = make_train_iterator(maker, cfg.loader, cfg.prefetch)
     t2 = time.perf_counter()
     eval_cfg = cfg.eval_render_config()
-    val = render_eval_set(bank, idx["val"], pool, cfg.val_size, seed=cfg.eval_seed, tag=1, config=eval_cfg)
-    test = render_eval_set(bank, idx["test"], pool, cfg.test_size, seed=cfg.eval_seed, tag=2, config=eval_cfg)
+    every = cfg.mode == "real"
+    eval_options = dict(seed=cfg.eval_seed, config=eval_cfg, every_record=every)
+    val = render_eval_set(bank, idx["val"], pool, cfg.val_size, tag=1, **eval_options)
+    test = render_eval_set(bank, idx["test"], pool, cfg.test_size, tag=2, **eval_options)
     t_eval = time.perf_counter() - t2
     info = {
+        "source": cfg.source,
+        "mode": cfg.mode,
+        "split": cfg.split,
         "num_faces": int(len(bank["label"])),
         "train_faces": int(len(idx["train"])),
         "val_faces": int(len(idx["val"])),
@@ -580,6 +651,60 @@ def make_datasets(
         config=cfg,
         info=info,
     )
+
+
+def load_real_bank(source: str, num_classes: int) -> dict[str, np.ndarray]:
+    """A prepared real dataset as a face bank, keeping labels < ``num_classes``.
+
+    Args:
+      source: a dataset name or a prepared folder (see ``DataConfig.source``).
+      num_classes: the model's classes; e.g. CK+'s contempt (7) is left out at 7.
+
+    Raises:
+      FileNotFoundError: not prepared (the message gives the prepare command).
+      ValueError: no record left.
+    """
+    from feratt_jax.data.real.records import load_prepared_bank, read_manifest, resolve_prepared_dir
+
+    folder = resolve_prepared_dir(source)
+    bank = load_prepared_bank(folder)
+    dataset_classes = int(read_manifest(folder).get("num_classes", synthfaces.NUM_CLASSES))
+    keep = bank["label"] < num_classes
+    if not keep.all():
+        log.warning("%s: leaving out %d records with labels >= num_classes=%d", folder, int((~keep).sum()), num_classes)
+        bank = {k: v[keep] for k, v in bank.items()}
+    if dataset_classes < num_classes:
+        log.warning(
+            "%s has %d classes but model.num_classes=%d: the extra logits never see a sample",
+            folder, dataset_classes, num_classes,
+        )
+    if len(bank["label"]) == 0:
+        raise ValueError(f"{folder}: no record has a label below num_classes={num_classes}")
+    log.info("loaded %d real faces from %s", len(bank["label"]), folder)
+    return bank
+
+
+def official_split(bank: Mapping[str, np.ndarray], val_subjects: int = -1) -> SubjectSplit:
+    """The dataset's own train/val/test partition as a :class:`SubjectSplit`.
+
+    Datasets with official partitions have no identities (every image is its
+    own subject), so subject sets and record sets coincide. Without an
+    official val partition, every 10th train subject (in id order) becomes
+    validation, unless ``val_subjects == 0``.
+
+    Raises:
+      ValueError: the bank has no official partition.
+    """
+    from feratt_jax.data.real.records import PARTITION_TEST, PARTITION_TRAIN, PARTITION_VAL
+
+    part = bank.get("partition")
+    if part is None or not np.isin(part, (PARTITION_TRAIN, PARTITION_VAL, PARTITION_TEST)).any():
+        raise ValueError("this dataset has no official train/val/test partition; use data.split='kfold'")
+    subjects = np.asarray(bank["subject"])
+    train, val, test = (np.unique(subjects[part == p]) for p in (PARTITION_TRAIN, PARTITION_VAL, PARTITION_TEST))
+    if len(val) == 0 and val_subjects != 0:
+        val, train = train[::10], np.setdiff1d(train, train[::10])
+    return SubjectSplit(train=train, val=val, test=test)
 
 
 def keys_from_seeds(seeds_B):

@@ -1,0 +1,14 @@
+"""BU-3DFE (7 classes), real: the aligned faces as they are, no compositing (the paper's "Real BU-3DFE" rows).
+
+Prepare the data once (the folder this config reads by default):
+    feratt data prepare --dataset bu3dfe --raw-dir RAW
+Train (argument: model and/or size, e.g. ferattentiongmm,quick; models ferattention, ferattentiongmm, preactresnet18):
+    feratt train --config experiments/configs/bu3dfe_real.py --workdir runs/bu3dfe_real
+A prepared folder elsewhere: --config.data.source=path/to/prepared/bu3dfe
+"""
+
+from feratt_jax import configs
+
+
+def get_config(arg: str = ""):
+    return configs.paper_table_config("bu3dfe", "real", arg)

@@ -1,0 +1,14 @@
+"""CK+ (8 classes), synthetic: faces composited onto clutter by the renderer (the paper's "Synthetic CK+" rows).
+
+Prepare the data once (the folder this config reads by default):
+    feratt data prepare --dataset ckplus --raw-dir RAW
+Train (argument: model and/or size, e.g. ferattentiongmm,quick; models ferattention, ferattentiongmm, preactresnet18):
+    feratt train --config experiments/configs/ckplus_synthetic.py --workdir runs/ckplus_synthetic
+A prepared folder elsewhere: --config.data.source=path/to/prepared/ckplus
+"""
+
+from feratt_jax import configs
+
+
+def get_config(arg: str = ""):
+    return configs.paper_table_config("ckplus", "synthetic", arg)
