@@ -174,7 +174,7 @@ def run_jax(
             "x_org": jnp.asarray(b["x_org"].transpose(0, 2, 3, 1)),
             "label": jnp.asarray(b["label"]),
             "theta": jnp.asarray(b["theta"]),
-            "lam": jnp.float32(b["lam"]),
+            "lam": jnp.asarray(b["lam"], b["x_img"].dtype),
             "perm": jnp.asarray(b["perm"], jnp.int32),
         }
         params, batch_stats, opt_state, loss, terms = step(params, batch_stats, opt_state, jb)
@@ -235,11 +235,20 @@ def main(argv: list[str] | None = None) -> int:
         help="add a second PyTorch run from weights scaled by (1 + EPS * N(0,1)), e.g. 1e-7 (~1 fp32 ulp): "
         "how far fp32 rounding alone moves PyTorch's own losses",
     )
+    parser.add_argument(
+        "--float64",
+        action="store_true",
+        help="run both frameworks in float64 (jax_enable_x64; torch .double()): removes float32 rounding "
+        "chaos, so what is left is any difference in the arithmetic itself",
+    )
     parser.add_argument("--out-dir", default="workdirs/compare_torch")
     args = parser.parse_args(argv)
 
     import jax
     import torch
+
+    if args.float64:
+        jax.config.update("jax_enable_x64", True)
 
     from feratt_jax.interop.torch_checkpoint import state_dict_to_variables
     from feratt_jax.interop.torch_model import build_torch_model
@@ -252,6 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     # Same initial weights: the PyTorch initialisation, converted (copied) before torch trains.
     variables = state_dict_to_variables(torch_model.state_dict(), abstract_variables(module))
     batches = make_batches(args.steps, args.batch_size, args.num_classes, args.seed + 1)
+    if args.float64:
+        import jax.numpy as jnp
+
+        torch_model = torch_model.double()
+        module = build_model(args.model, num_classes=args.num_classes, dim=args.dim, dtype=jnp.float64)
+        variables = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
+        images = ("x_img", "x_org", "theta")
+        batches = [{k: v.astype(np.float64) if k in images else v for k, v in b.items()} for b in batches]
 
     print(f"{args.model}: C={args.num_classes} B={args.batch_size} steps={args.steps} lr={args.lr} "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), jax {jax.__version__} {jax.devices()[0].platform}")  # fmt: skip
@@ -288,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    title = f"{args.model}, B={args.batch_size}, Adam(amsgrad) lr={args.lr:g}: max rel diff {rel[worst]:.2e}"
+    precision = "float64" if args.float64 else "float32"
+    title = f"{args.model}, B={args.batch_size}, {precision}, Adam(amsgrad) lr={args.lr:g}: max rel diff {rel[worst]:.2e}"
     plot(out_dir / "compare_torch.png", torch_hist, jax_hist, extra, title)
     summary = {
         "args": vars(args),
