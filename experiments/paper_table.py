@@ -1,0 +1,149 @@
+"""The paper's comparison on the embedded synthetic benchmark: baseline vs FERAtt+Cls vs FERAtt+Rep+Cls.
+
+The paper (reference.md section 6) reports, on faces composited onto clutter,
+PreActResNet18 (32x32 input) < FERAtt+Cls < FERAtt+Rep+Cls, as Acc, macro
+Prec, macro Rec and F1 (= 2PR/(P+R)), mean +- std over subject-independent
+folds. This script trains the three methods with ``feratt kfold``'s machinery
+(:func:`feratt_jax.kfold.run_kfold`: each fold resumes from its own
+checkpoints, a finished fold is not retrained) and writes, to ``--out``:
+
+* ``paper_table.md``: the table in the paper's format, the per-method fold
+  count, steps and wall time, and the command that made it;
+* ``paper_table.json``: everything in the table plus every fold's metrics;
+* ``confusion_<method>.png`` and the summed (over folds) confusion matrices
+  in the JSON.
+
+Sizes: ``--size full`` is the reference's setting (90,000 steps of batch 32 per
+fold: a GPU job); ``--size quick`` is the CPU setting of the README's main job;
+``--steps`` / ``--set`` override any field for all three methods, and the
+table records every override, so a smaller run never passes for the full one.
+
+    # The CPU table committed under experiments/results/paper_table_cpu/ (hours on 2 cores):
+    python experiments/paper_table.py --size quick --folds 5 --workdir runs/paper_table \
+        --out experiments/results/paper_table_cpu
+    # Full size, on a GPU machine:
+    python experiments/paper_table.py --size full --folds 5 --workdir runs/paper_table_full \
+        --out experiments/results/paper_table_full
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shlex
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# (config file stem, the paper's name for the method)
+METHODS = (
+    ("preactresnet18", "PreActResNet18 (baseline, 32x32)"),
+    ("ferattention", "FERAtt+Cls"),
+    ("ferattentiongmm", "FERAtt+Rep+Cls"),
+)
+PAPER_COLUMNS = (("accuracy", "Acc."), ("macro_precision", "Prec."), ("macro_recall", "Rec."), ("reference_f1", "F1"))
+
+
+def method_config(stem: str, size: str, overrides: list[str]):
+    """The experiment config of one method, sized and overridden."""
+    from feratt_jax.configs import load_config
+
+    spec = f"{REPO / 'experiments' / 'configs' / stem}.py" + (f":{size}" if size and size != "full" else "")
+    return load_config(spec, overrides)
+
+
+def summed_confusion(per_fold: list[dict[str, Any]]) -> np.ndarray:
+    """Test confusion matrices (rows = truth) of the folds' best checkpoints, summed."""
+    total = None
+    for row in per_fold:
+        metrics = json.loads((pathlib.Path(row["workdir"]) / "eval" / "metrics.json").read_text())
+        cm = np.asarray(metrics["test"]["confusion_matrix"], np.int64)
+        total = cm if total is None else total + cm
+    return total
+
+
+def table_markdown(rows: list[dict[str, Any]], command: str, notes: list[str]) -> str:
+    """The paper-format table (percent, mean +- std over folds)."""
+    lines = [
+        "# FERAtt vs the baseline on the embedded synthetic benchmark",
+        "",
+        "Test metrics of each fold's best-validation checkpoint, in percent, mean +- sample std over "
+        "subject-independent folds. F1 = 2PR/(P+R) of the macro precision and recall (the paper's).",
+        "",
+        "| Method | " + " | ".join(t for _, t in PAPER_COLUMNS) + " | folds | steps/fold | wall min |",
+        "|---|" + "---:|" * (len(PAPER_COLUMNS) + 3),
+    ]
+    for r in rows:
+        cells = " | ".join(f"{100 * r['mean'][k]:.2f} +- {100 * r['std'][k]:.2f}" for k, _ in PAPER_COLUMNS)
+        lines.append(f"| {r['method']} | {cells} | {r['folds']} | {r['steps']} | {r['wall_s'] / 60:.1f} |")
+    lines += ["", "Reproduce:", "", "```", command, "```", ""]
+    lines += [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="quick", help="config size: full, quick or tiny (default quick)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=0, help="train.num_steps for every method (0 = the size's)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="config override for every method, e.g. train.batch_size=16")
+    p.add_argument("--methods", nargs="+", default=[m for m, _ in METHODS], choices=[m for m, _ in METHODS])
+    p.add_argument("--workdir", required=True, help="parent folder of the runs (method/fold_k)")
+    p.add_argument("--out", required=True, help="folder for paper_table.md/.json and the confusion PNGs")
+    args = p.parse_args(argv)
+
+    from feratt_jax import plots
+    from feratt_jax.data.synthfaces import CLASS_NAMES
+    from feratt_jax.kfold import run_kfold
+
+    overrides = [f"--config.{kv}" for kv in args.set]
+    if args.steps:
+        overrides.append(f"--config.train.num_steps={args.steps}")
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = dict(METHODS)
+    rows = []
+    for stem in args.methods:
+        config = method_config(stem, args.size, overrides)
+        t0 = time.perf_counter()
+        result = run_kfold(config, args.folds, pathlib.Path(args.workdir) / stem, config_spec=f"{stem}.py:{args.size}")
+        if "stopped" in result:
+            print(f"{stem}: stopped; rerun the same command to resume", flush=True)
+            return 1
+        cm = summed_confusion(result["per_fold"])
+        classes = list(CLASS_NAMES[: cm.shape[0]])
+        plots.confusion_matrix_png(out / f"confusion_{stem}.png", cm, classes, title=f"{names[stem]}: test, {args.folds} folds summed")
+        rows.append(
+            {
+                "method": names[stem],
+                "config": stem,
+                "folds": args.folds,
+                "steps": int(config.train.num_steps),
+                "batch_size": int(config.train.batch_size),
+                "image_size": int(config.data.image_size),
+                "wall_s": time.perf_counter() - t0,
+                "mean": result["mean"],
+                "std": result["std"],
+                "per_fold": result["per_fold"],
+                "confusion_matrix_summed": cm.tolist(),
+                "class_names": classes,
+            }
+        )
+    command = "python experiments/paper_table.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    notes = [
+        f"size `{args.size}`" + (f", overrides: {', '.join(args.set + ([f'train.num_steps={args.steps}'] if args.steps else []))}" if args.set or args.steps else ""),
+        "wall min counts only the folds trained by this invocation (finished folds are reused).",
+    ]
+    (out / "paper_table.md").write_text(table_markdown(rows, command, notes))
+    (out / "paper_table.json").write_text(json.dumps({"command": command, "size": args.size, "overrides": args.set, "rows": rows}, indent=2))
+    print((out / "paper_table.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
