@@ -173,6 +173,11 @@ class Linear(nn.Module):
         return y
 
 
+def statistics_dtype(dtype: Dtype) -> Any:
+    """The dtype for reductions (BN statistics, pooling): at least float32, float64 when computing in float64."""
+    return jnp.promote_types(jnp.float32, dtype)
+
+
 class BatchNorm2d(nn.Module):
     """``torch.nn.BatchNorm2d`` with PyTorch's exact running-statistics rule.
 
@@ -180,7 +185,7 @@ class BatchNorm2d(nn.Module):
     *unbiased* one (n / (n - 1)) in the running average, as PyTorch does;
     Flax's own BatchNorm stores the biased one, which would make eval-mode
     outputs drift from a converted reference model. Statistics are computed
-    in float32 whatever the compute dtype. Under ``jax.jit`` with a batch
+    in float32 for float32/bfloat16 compute and in float64 for float64. Under ``jax.jit`` with a batch
     sharded over a ("data",) mesh the reductions are global, so the
     statistics are those of the global batch.
 
@@ -199,7 +204,7 @@ class BatchNorm2d(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
-        x32 = x.astype(jnp.float32)
+        x32 = x.astype(statistics_dtype(self.dtype))
         if train:
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(x32, axis=axes)

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from feratt_jax.models.layers import BatchNorm2d, Conv2d, Linear
+from feratt_jax.models.layers import BatchNorm2d, Conv2d, Linear, statistics_dtype
 
 Dtype = Any
 
@@ -84,8 +84,9 @@ class PreActResNet18(nn.Module):
         for i, mult in enumerate((1, 2, 4, 8)):
             x = _PreActStage(c * mult, 2, 1 if i == 0 else 2, self.dtype, name=f"layer{i + 1}")(x, train=train)
         # F.avg_pool2d(out, out.shape[3]): a global mean for square maps.
-        pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        head = statistics_dtype(self.dtype)  # the head runs in float32 (float64 in float64 runs)
+        pooled = jnp.mean(x.astype(head), axis=(1, 2))
         if self.dim is None:
-            return {"logits": Linear(self.num_classes, name="linear")(pooled)}
-        embedding = Linear(self.dim, name="linear")(pooled)
-        return {"embedding": embedding, "logits": Linear(self.num_classes, name="classification")(embedding)}
+            return {"logits": Linear(self.num_classes, dtype=head, name="linear")(pooled)}
+        embedding = Linear(self.dim, dtype=head, name="linear")(pooled)
+        return {"embedding": embedding, "logits": Linear(self.num_classes, dtype=head, name="classification")(embedding)}

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from feratt_jax.models.layers import BatchNorm2d, Conv2d, Linear
+from feratt_jax.models.layers import BatchNorm2d, Conv2d, Linear, statistics_dtype
 
 Dtype = Any
 
@@ -92,8 +92,9 @@ class ResNet18(nn.Module):
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for i, (planes, blocks) in enumerate(zip(STAGE_PLANES, RESNET18_BLOCKS)):
             x = ResNetStage(planes, blocks, 1 if i == 0 else 2, self.dtype, name=f"layer{i + 1}")(x, train=train)
-        pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        head = statistics_dtype(self.dtype)  # the head runs in float32 (float64 in float64 runs)
+        pooled = jnp.mean(x.astype(head), axis=(1, 2))
         if self.dim is None:
-            return {"logits": Linear(self.num_classes, name="fc")(pooled)}
-        embedding = Linear(self.dim, name="fc")(pooled)
-        return {"embedding": embedding, "logits": Linear(self.num_classes, name="classification")(embedding)}
+            return {"logits": Linear(self.num_classes, dtype=head, name="fc")(pooled)}
+        embedding = Linear(self.dim, dtype=head, name="fc")(pooled)
+        return {"embedding": embedding, "logits": Linear(self.num_classes, dtype=head, name="classification")(embedding)}

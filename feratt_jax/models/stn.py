@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from feratt_jax.models.layers import Conv2d, Linear, max_pool_2x2
+from feratt_jax.models.layers import Conv2d, Linear, max_pool_2x2, statistics_dtype
 
 Dtype = Any
 
@@ -65,4 +65,4 @@ class STN(nn.Module):
         # Flatten in PyTorch's CHW order so converted weights apply unchanged.
         feats = jnp.transpose(feats, (0, 3, 1, 2)).reshape(feats.shape[0], -1)
         theta = _Regressor(self.dtype, name="fc_loc")(feats)
-        return theta.astype(jnp.float32).reshape(-1, 2, 3)
+        return theta.astype(statistics_dtype(self.dtype)).reshape(-1, 2, 3)
