@@ -323,7 +323,12 @@ def load_any(source: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any],
             "num_classes": int(run.config.model.num_classes),
             "dim": int(run.config.model.dim),
             "model_options": module_options(run.model),
-            "extra": {"step": run.step, "workdir": str(path)},
+            "extra": {
+                "step": run.step,
+                "workdir": str(path),
+                # Preprocessing outside the module that its users must repeat.
+                "input_standardization": bool(run.config.model.get("input_standardization", False)),
+            },
         }
         return run.model, run.variables, spec
     raise FileNotFoundError(f"{source} is neither a model export (no {SPEC_FILENAME}) nor a training workdir (no config.json)")

@@ -129,6 +129,12 @@ def _to_torch(args: argparse.Namespace) -> int:
         **spec.get("model_options", {}),
     )
     print(f"wrote {path} ({spec['model_name']}, C={spec['num_classes']}, dim={spec['dim']})")
+    if extra.get("input_standardization"):
+        print(
+            f"note: {args.to_torch} was trained with model.input_standardization=True: standardize each image "
+            "to zero mean and unit std over its pixels and channels before the model, as the reference's "
+            "loaders do not"
+        )
     return 0
 
 
