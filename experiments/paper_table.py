@@ -67,6 +67,29 @@ def summed_confusion(per_fold: list[dict[str, Any]]) -> np.ndarray:
     return total
 
 
+def mean_training_speed(per_fold: list[dict[str, Any]]) -> float:
+    """Training images/s averaged over the folds (from each fold's eval/metrics.json; nan if absent)."""
+    speeds = []
+    for row in per_fold:
+        metrics = json.loads((pathlib.Path(row["workdir"]) / "eval" / "metrics.json").read_text())
+        if metrics.get("train_images_per_s"):
+            speeds.append(float(metrics["train_images_per_s"]))
+    return float(np.mean(speeds)) if speeds else float("nan")
+
+
+def model_description(config) -> str:
+    """What differs between the methods' networks at this size (capacity matters for the comparison)."""
+    m = config.model
+    parts = [f"input {m.input_size or config.data.image_size}px"]
+    if m.name.startswith("ferattention"):
+        parts.append(f"decoder {m.num_filters}, {m.num_feature_blocks} feature blocks, classifier width {m.backbone_width}")
+    else:
+        parts.append("full width")
+    if m.get("input_standardization", False):
+        parts.append("standardized input")
+    return ", ".join(parts)
+
+
 def table_markdown(rows: list[dict[str, Any]], command: str, notes: list[str]) -> str:
     """The paper-format table (percent, mean +- std over folds)."""
     lines = [
@@ -75,12 +98,12 @@ def table_markdown(rows: list[dict[str, Any]], command: str, notes: list[str]) -
         "Test metrics of each fold's best-validation checkpoint, in percent, mean +- sample std over "
         "subject-independent folds. F1 = 2PR/(P+R) of the macro precision and recall (the paper's).",
         "",
-        "| Method | " + " | ".join(t for _, t in PAPER_COLUMNS) + " | folds | steps/fold | wall min |",
-        "|---|" + "---:|" * (len(PAPER_COLUMNS) + 3),
+        "| Method | " + " | ".join(t for _, t in PAPER_COLUMNS) + " | folds | steps/fold | train img/s | network |",
+        "|---|" + "---:|" * (len(PAPER_COLUMNS) + 3) + "---|",
     ]
     for r in rows:
         cells = " | ".join(f"{100 * r['mean'][k]:.2f} +- {100 * r['std'][k]:.2f}" for k, _ in PAPER_COLUMNS)
-        lines.append(f"| {r['method']} | {cells} | {r['folds']} | {r['steps']} | {r['wall_s'] / 60:.1f} |")
+        lines.append(f"| {r['method']} | {cells} | {r['folds']} | {r['steps']} | {r['images_per_s']:.1f} | {r['network']} |")
     lines += ["", "Reproduce:", "", "```", command, "```", ""]
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
@@ -126,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                 "steps": int(config.train.num_steps),
                 "batch_size": int(config.train.batch_size),
                 "image_size": int(config.data.image_size),
-                "wall_s": time.perf_counter() - t0,
+                "wall_s_this_invocation": time.perf_counter() - t0,
+                "images_per_s": mean_training_speed(result["per_fold"]),
+                "network": model_description(config),
                 "mean": result["mean"],
                 "std": result["std"],
                 "per_fold": result["per_fold"],
@@ -137,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python experiments/paper_table.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     notes = [
         f"size `{args.size}`" + (f", overrides: {', '.join(args.set + ([f'train.num_steps={args.steps}'] if args.steps else []))}" if args.set or args.steps else ""),
-        "wall min counts only the folds trained by this invocation (finished folds are reused).",
+        "train img/s: the trainer's measured training speed, mean over folds (this machine's figure when run here).",
     ]
     (out / "paper_table.md").write_text(table_markdown(rows, command, notes))
     (out / "paper_table.json").write_text(json.dumps({"command": command, "size": args.size, "overrides": args.set, "rows": rows}, indent=2))

@@ -18,17 +18,18 @@ def _paper_table():
     return module
 
 
-def _fold(tmp_path: pathlib.Path, k: int, cm: list[list[int]]) -> dict:
+def _fold(tmp_path: pathlib.Path, k: int, cm: list[list[int]], speed: float = 0.0) -> dict:
     d = tmp_path / f"fold_{k}"
     (d / "eval").mkdir(parents=True)
-    (d / "eval" / "metrics.json").write_text(json.dumps({"test": {"confusion_matrix": cm}}))
+    (d / "eval" / "metrics.json").write_text(json.dumps({"test": {"confusion_matrix": cm}, "train_images_per_s": speed}))
     return {"fold": k, "workdir": str(d)}
 
 
 def test_confusion_matrices_are_summed_over_folds(tmp_path):
     pt = _paper_table()
-    rows = [_fold(tmp_path, 0, [[3, 1], [0, 4]]), _fold(tmp_path, 1, [[2, 2], [1, 3]])]
+    rows = [_fold(tmp_path, 0, [[3, 1], [0, 4]], 40.0), _fold(tmp_path, 1, [[2, 2], [1, 3]], 50.0)]
     np.testing.assert_array_equal(pt.summed_confusion(rows), [[5, 3], [1, 7]])
+    assert pt.mean_training_speed(rows) == 45.0
 
 
 def test_table_is_in_the_papers_format_in_percent():
@@ -37,13 +38,14 @@ def test_table_is_in_the_papers_format_in_percent():
         "method": "FERAtt+Cls",
         "folds": 2,
         "steps": 800,
-        "wall_s": 90.0,
+        "images_per_s": 52.25,
+        "network": "input 64px",
         "mean": {"accuracy": 0.5, "macro_precision": 0.25, "macro_recall": 0.125, "reference_f1": 0.1},
         "std": {"accuracy": 0.01, "macro_precision": 0.02, "macro_recall": 0.0, "reference_f1": 0.005},
     }
     text = pt.table_markdown([row], "python experiments/paper_table.py --folds 2", ["size `quick`"])
-    assert "| Method | Acc. | Prec. | Rec. | F1 | folds | steps/fold | wall min |" in text
-    assert "| FERAtt+Cls | 50.00 +- 1.00 | 25.00 +- 2.00 | 12.50 +- 0.00 | 10.00 +- 0.50 | 2 | 800 | 1.5 |" in text
+    assert "| Method | Acc. | Prec. | Rec. | F1 | folds | steps/fold | train img/s | network |" in text
+    assert "| FERAtt+Cls | 50.00 +- 1.00 | 25.00 +- 2.00 | 12.50 +- 0.00 | 10.00 +- 0.50 | 2 | 800 | 52.2 | input 64px |" in text
     assert "python experiments/paper_table.py --folds 2" in text and "- size `quick`" in text
 
 
@@ -53,5 +55,7 @@ def test_method_configs_are_the_three_papers_methods_at_the_chosen_size():
     assert names == ["preactresnet18", "ferattention", "ferattentiongmm"]
     baseline = pt.method_config("preactresnet18", "quick", ["--config.train.num_steps=7"])
     assert baseline.model.input_size == 32 and baseline.train.num_steps == 7
+    assert pt.model_description(baseline) == "input 32px, full width, standardized input"
     full = pt.method_config("ferattentiongmm", "full", [])
     assert full.train.num_steps == 90_000 and full.model.num_filters == 32
+    assert pt.model_description(full) == "input 64px, decoder 32, 8 feature blocks, classifier width 64"
