@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-options", default="{}", help="Python dict of build_model options")
     p.add_argument("--config", default="experiments/configs/ferattention.py:quick", help="data settings come from this config")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="config override, e.g. data.render_preset=train")
+    p.add_argument("--render", action="append", default=[], metavar="FIELD=VALUE", help="RenderConfig override, e.g. downsample_size=24 (Python literal values)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, default=1e-3)
@@ -60,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     from feratt_jax.optimizers import torch_adam
 
     config = load_config(args.config, [f"--config.{kv}" for kv in args.set] + [f"--config.train.batch_size={args.batch_size}"])
+    if args.render:
+        import ml_collections
+
+        config.data.render = ml_collections.ConfigDict({k: ast.literal_eval(v) for k, v in (kv.split("=", 1) for kv in args.render)})
     data = train.make_inputs(config)
 
     class SmallCNN(nn.Module):

@@ -57,23 +57,19 @@ def method_config(stem: str, size: str, overrides: list[str]):
     return load_config(spec, overrides)
 
 
-def summed_confusion(per_fold: list[dict[str, Any]]) -> np.ndarray:
+def fold_reports(per_fold: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each fold's ``eval/metrics.json`` (the trainer's final summary), read once."""
+    return [json.loads((pathlib.Path(row["workdir"]) / "eval" / "metrics.json").read_text()) for row in per_fold]
+
+
+def summed_confusion(reports: list[dict[str, Any]]) -> np.ndarray:
     """Test confusion matrices (rows = truth) of the folds' best checkpoints, summed."""
-    total = None
-    for row in per_fold:
-        metrics = json.loads((pathlib.Path(row["workdir"]) / "eval" / "metrics.json").read_text())
-        cm = np.asarray(metrics["test"]["confusion_matrix"], np.int64)
-        total = cm if total is None else total + cm
-    return total
+    return np.sum([np.asarray(r["test"]["confusion_matrix"], np.int64) for r in reports], axis=0)
 
 
-def mean_training_speed(per_fold: list[dict[str, Any]]) -> float:
-    """Training images/s averaged over the folds (from each fold's eval/metrics.json; nan if absent)."""
-    speeds = []
-    for row in per_fold:
-        metrics = json.loads((pathlib.Path(row["workdir"]) / "eval" / "metrics.json").read_text())
-        if metrics.get("train_images_per_s"):
-            speeds.append(float(metrics["train_images_per_s"]))
+def mean_training_speed(reports: list[dict[str, Any]]) -> float:
+    """Training images/s averaged over the folds (nan if no fold recorded it)."""
+    speeds = [float(r["train_images_per_s"]) for r in reports if r.get("train_images_per_s")]
     return float(np.mean(speeds)) if speeds else float("nan")
 
 
@@ -138,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         if "stopped" in result:
             print(f"{stem}: stopped; rerun the same command to resume", flush=True)
             return 1
-        cm = summed_confusion(result["per_fold"])
+        reports = fold_reports(result["per_fold"])
+        cm = summed_confusion(reports)
         classes = list(CLASS_NAMES[: cm.shape[0]])
         plots.confusion_matrix_png(out / f"confusion_{stem}.png", cm, classes, title=f"{names[stem]}: test, {args.folds} folds summed")
         rows.append(
@@ -150,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 "batch_size": int(config.train.batch_size),
                 "image_size": int(config.data.image_size),
                 "wall_s_this_invocation": time.perf_counter() - t0,
-                "images_per_s": mean_training_speed(result["per_fold"]),
+                "images_per_s": mean_training_speed(reports),
                 "network": model_description(config),
                 "mean": result["mean"],
                 "std": result["std"],

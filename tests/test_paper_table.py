@@ -28,8 +28,9 @@ def _fold(tmp_path: pathlib.Path, k: int, cm: list[list[int]], speed: float = 0.
 def test_confusion_matrices_are_summed_over_folds(tmp_path):
     pt = _paper_table()
     rows = [_fold(tmp_path, 0, [[3, 1], [0, 4]], 40.0), _fold(tmp_path, 1, [[2, 2], [1, 3]], 50.0)]
-    np.testing.assert_array_equal(pt.summed_confusion(rows), [[5, 3], [1, 7]])
-    assert pt.mean_training_speed(rows) == 45.0
+    reports = pt.fold_reports(rows)
+    np.testing.assert_array_equal(pt.summed_confusion(reports), [[5, 3], [1, 7]])
+    assert pt.mean_training_speed(reports) == 45.0
 
 
 def test_table_is_in_the_papers_format_in_percent():
