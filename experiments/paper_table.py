@@ -83,6 +83,8 @@ def model_description(config) -> str:
         parts.append("full width")
     if m.get("input_standardization", False):
         parts.append("standardized input")
+    if config.train.get("precise_bn_batches", 0):
+        parts.append(f"BN statistics re-estimated over {config.train.precise_bn_batches} batches before each evaluation")
     return ", ".join(parts)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import jax.numpy as jnp
 
 from feratt_jax import EXPRESSION_NAMES, configs, model_io, plots, sharding
+from feratt_jax.diagnostics import attention_map
 from feratt_jax.checkpointing import Checkpointer
 from feratt_jax.models.summary import DEFAULT_IMAGE_SIZE
 from feratt_jax.train import (
@@ -127,7 +128,7 @@ def evaluate_run(
     out = run.workdir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     plots.confusion_matrix_png(out / f"confusion_{split}.png", np.asarray(report["confusion_matrix"]), run.class_names, f"{split}: accuracy {report['accuracy']:.3f}")
-    _attention_grid(run, arrays, out / f"attention_{split}.png")
+    attention_grid(run, arrays, out / f"attention_{split}.png")
 
     if noise_sweep:
         report["noise_sweep"] = _noise_sweep(run, arrays, sigmas, out, split)
@@ -139,14 +140,15 @@ def evaluate_run(
     return report
 
 
-def _attention_grid(run: LoadedRun, arrays: dict[str, np.ndarray], path: pathlib.Path, n: int = 8) -> None:
+def attention_grid(run: LoadedRun, arrays: dict[str, np.ndarray], path: pathlib.Path, n: int = 8) -> None:
+    """PNG of the first ``n`` images: input, target face, attention, reconstruction (and STN warp)."""
     images = as_rgb(arrays["image"][:n])
     outputs = run.predict(images, keep=("logits", "reconstruction", "attention", "warped"))
     columns = {"input": images}
     if "x_org" in arrays:
         columns["target face"] = np.asarray(arrays["x_org"][:n])
     if "attention" in outputs:
-        columns["attention"] = 1.0 / (1.0 + np.exp(-outputs["attention"].mean(-1)))
+        columns["attention"] = attention_map(outputs["attention"])
     if "reconstruction" in outputs:
         recon = outputs["reconstruction"]
         columns["reconstruction"] = recon / max(float(recon.max()), 1e-6)

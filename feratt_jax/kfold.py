@@ -46,6 +46,11 @@ _IGNORED_FIELDS = {
     "train.log_every",
     "train.image_log_every",
 }
+# Fields added after runs existed, with the value that reproduces the older
+# behaviour: a fold whose config.json predates a field counts as having it.
+_DEFAULTS_OF_NEWER_FIELDS = {
+    "train.precise_bn_batches": 0,
+}
 
 
 def supported_folds(config: ml_collections.ConfigDict) -> int:
@@ -93,7 +98,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _config_differences(stored: dict[str, Any], wanted: ml_collections.ConfigDict) -> list[str]:
     """Fields (outside :data:`_IGNORED_FIELDS`) where a fold's stored config differs."""
     # A JSON round trip puts both sides in the same form (tuples become lists).
-    a = _flatten(stored)
+    a = {**_DEFAULTS_OF_NEWER_FIELDS, **_flatten(stored)}
     b = _flatten(json.loads(json.dumps(wanted.to_dict())))
     return sorted(k for k in set(a) | set(b) if k not in _IGNORED_FIELDS and a.get(k) != b.get(k))
 

@@ -306,7 +306,9 @@ def predict_images(
     probs = _softmax(outputs["logits"].astype(np.float64))
     attention = None
     if "attention" in outputs:
-        attention = 1.0 / (1.0 + np.exp(-outputs["attention"].astype(np.float64).mean(-1)))
+        from feratt_jax.diagnostics import attention_map
+
+        attention = attention_map(outputs["attention"])
 
     out_dir = pathlib.Path(out) if out is not None else run.workdir / "predict"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ import optax
 
 from feratt_jax import losses as losses_lib
 from feratt_jax import metrics as metrics_lib
-from feratt_jax import sharding
+from feratt_jax import precise_bn, sharding
 from feratt_jax.checkpointing import Checkpointer, abstract_like
 from feratt_jax.data import pipeline
 from feratt_jax.metric_writer import MetricWriter
@@ -443,6 +443,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         donate_argnums=(0,),  # the old state's buffers become the new state's
     )
     eval_step = jax.jit(make_eval_step(model, config), out_shardings=repl)
+    recalibrate_bn = make_bn_recalibration(model, config, data, render, mesh)
 
     writer = MetricWriter(workdir)
     stop = StopRequested()
@@ -502,6 +503,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             if tc.image_log_every and step % tc.image_log_every == 0:
                 _log_images(writer, eval_step, state, data.val, step)
             if step % tc.eval_every == 0 or step == tc.num_steps:
+                if recalibrate_bn is not None:
+                    # Training never reads the running averages, so replacing
+                    # them changes what evaluation (and the checkpoint) sees only.
+                    state = state.replace(batch_stats=recalibrate_bn(state))
                 run_eval(step)
             if step % tc.checkpoint_every == 0 or step == tc.num_steps or stop:
                 checkpointer.save(step, state, train_iter.get_state(), meta(), force=True)
@@ -525,6 +530,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         "best_val_accuracy": best_val_accuracy,
         "val": evaluate_split(eval_step, final_state, data.val, tc.eval_batch_size, mesh, config.model.num_classes),
         "test": evaluate_split(eval_step, final_state, data.test, tc.eval_batch_size, mesh, config.model.num_classes),
+        "precise_bn_batches": int(tc.get("precise_bn_batches", 0)),
         "first_step_s": compile_s,
         "train_images_per_s": timer.images / timer.total_s if timer.total_s else None,
     }
@@ -534,6 +540,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     writer.close()
     checkpointer.close()
     return summary
+
+
+def make_bn_recalibration(model: Any, config: ml_collections.ConfigDict, data: pipeline.Datasets, render: Callable, mesh: Any):
+    """``recalibrate(state) -> batch_stats`` re-estimated over fixed training batches, or None.
+
+    None when ``train.precise_bn_batches`` is 0. The batches come from the
+    training subjects through :data:`pipeline.PRECISE_BN_STREAM` (the same
+    composites at every evaluation, none taken from the training stream)
+    and are rendered as the train step renders them.
+    """
+    num_batches = int(config.train.get("precise_bn_batches", 0))
+    if num_batches < 0:
+        raise ValueError(f"train.precise_bn_batches must be >= 0, got {num_batches}")
+    if num_batches == 0:
+        return None
+    if data.train_batches is None:
+        raise ValueError("train.precise_bn_batches needs the data's batch maker (Datasets.train_batches)")
+    host_batches = [data.train_batches(i, stream=pipeline.PRECISE_BN_STREAM) for i in range(num_batches)]
+    render_images = jax.jit(lambda batch: render(batch, None)["image"])
+    statistics = precise_bn.make_batch_statistics_fn(model, config)
+    repl = sharding.replicated(mesh)
+
+    def recalibrate(state: TrainState) -> Any:
+        images = (render_images(sharding.host_to_global(b, mesh)) for b in host_batches)
+        stats = precise_bn.average_batch_stats(statistics, state.params, state.batch_stats, images)
+        return jax.device_put(stats, jax.tree.map(lambda _: repl, stats))
+
+    return recalibrate
 
 
 def _initialise_from(state: TrainState, source: str, repl: Any) -> TrainState:

@@ -56,7 +56,11 @@ def test_method_configs_are_the_three_papers_methods_at_the_chosen_size():
     assert names == ["preactresnet18", "ferattention", "ferattentiongmm"]
     baseline = pt.method_config("preactresnet18", "quick", ["--config.train.num_steps=7"])
     assert baseline.model.input_size == 32 and baseline.train.num_steps == 7
-    assert pt.model_description(baseline) == "input 32px, full width, standardized input"
+    assert pt.model_description(baseline) == (
+        "input 32px, full width, standardized input, BN statistics re-estimated over 16 batches before each evaluation"
+    )
+    table_setting = pt.method_config("preactresnet18", "quick", ["--config.train.precise_bn_batches=0"])
+    assert pt.model_description(table_setting) == "input 32px, full width, standardized input"
     full = pt.method_config("ferattentiongmm", "full", [])
     assert full.train.num_steps == 90_000 and full.model.num_filters == 32
     assert pt.model_description(full) == "input 64px, decoder 32, 8 feature blocks, classifier width 64"

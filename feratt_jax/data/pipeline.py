@@ -50,6 +50,9 @@ _REAL_MODE_RENDER = {"illumination": False, "normalize_background": False, "down
 
 # Stream tags for np.random.default_rng seed sequences.
 _TRAIN_STREAM = 0x7EA1
+# Batches for re-estimating BatchNorm statistics (precise BN): training
+# subjects, but a stream of their own, so they never shift the training draw.
+PRECISE_BN_STREAM = 0xB57A
 _EVAL_STREAM = 0xE7A1
 
 
@@ -260,8 +263,12 @@ class TrainBatchMaker:
         local = global_batch // process_count
         self.lo, self.hi = process_index * local, (process_index + 1) * local
 
-    def __call__(self, step: int) -> dict[str, np.ndarray]:
+    def __call__(self, step: int, stream: int = _TRAIN_STREAM) -> dict[str, np.ndarray]:
         """The host batch of global step ``step`` (this process's rows).
+
+        ``stream`` selects an independent sequence of batches over the same
+        training records (e.g. :data:`PRECISE_BN_STREAM`); the default is
+        the training stream.
 
         Returns:
           ``faces`` (b, 128, 128) uint8, ``masks`` (b, 128, 128) uint8,
@@ -271,7 +278,7 @@ class TrainBatchMaker:
           batch as its leading axis, so the dict can be sharded as is.
         """
         g = self.global_batch
-        rng = np.random.default_rng([self.seed, _TRAIN_STREAM, int(step)])
+        rng = np.random.default_rng([self.seed, int(stream), int(step)])
         # Draw everything for the whole global batch (cheap), then keep our rows.
         cls_pos = rng.permutation(np.resize(np.arange(len(self.classes)), g))
         pick = rng.random(g)
@@ -509,6 +516,8 @@ class Datasets:
       eval_render_config: RenderConfig the val/test sets were rendered with.
       config: the DataConfig.
       info: small JSON-able summary (sizes, timings, fold).
+      train_batches: the :class:`TrainBatchMaker` behind ``train`` (any
+        step's batch, or another stream's, on demand).
     """
 
     train: Any
@@ -520,6 +529,7 @@ class Datasets:
     eval_render_config: Any
     config: DataConfig
     info: dict[str, Any]
+    train_batches: Any = None
 
 
 class BlackBackgrounds:
@@ -650,6 +660,7 @@ def make_datasets(
         eval_render_config=eval_cfg,
         config=cfg,
         info=info,
+        train_batches=maker,
     )
 
 

@@ -1,0 +1,298 @@
+"""Why FERAtt does (not) beat the baseline: diagnostics of the paper-table runs.
+
+Reads the fold workdirs that ``experiments/paper_table.py`` trained
+(``<workdir>/<method>/fold_<k>``) and measures, on each fold's fixed test set:
+
+* **BatchNorm lag**: test accuracy with the running statistics the trainer
+  evaluates with, with statistics re-estimated for the same weights over
+  training composites ("precise BN"), and with each test batch's own
+  statistics; for the best-validation and the last checkpoint.
+* **Attention** (FERAtt): is the attention map on the face? Mean attention
+  on face / background pixels and the per-image pixel AUC against the
+  renderer's face mask, trained vs the same network untrained.
+* **Reconstruction** (FERAtt): L1 error on and off the face against the clean
+  target, next to trivial predictors (all zeros, copy the input, the input
+  cut out by the true mask).
+* **Classifier head** (FERAtt): the trained head fed the clean target face or
+  the raw composite instead of the reconstruction.
+* **Loss balance** (FERAtt): each loss term's gradient norm per network part
+  and its cosine with the cross-entropy gradient on the shared trunk.
+
+Writes ``diagnostics.json``, ``diagnostics.md`` and, for the first fold,
+``attention_<method>.png`` (fold 0) to ``--out``. Roughly two minutes per fold and
+method on 2 CPU cores.
+
+    python experiments/feratt_diagnostics.py --workdir runs/paper_table \
+        --out experiments/results/paper_table_cpu/diagnostics
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shlex
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+METHODS = ("preactresnet18", "ferattention", "ferattentiongmm")
+
+
+def _accuracy(logits_NC: np.ndarray, labels_N: np.ndarray) -> float:
+    return float(np.mean(np.argmax(logits_NC, -1) == np.asarray(labels_N)))
+
+
+def _batches(n: int, size: int):
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def training_images(data, count: int) -> list[np.ndarray]:
+    """``count`` rendered training batches, as the train step renders them."""
+    from feratt_jax.data.pipeline import render_train_batch
+
+    it = iter(data.train)
+    return [np.asarray(render_train_batch(next(it), data.render_config)["image"]) for _ in range(count)]
+
+
+def bn_report(run, fns: dict, test: dict[str, np.ndarray], train_images: list[np.ndarray]) -> dict[str, float]:
+    """Test accuracy of ``run``'s weights under three sources of BatchNorm statistics."""
+    from feratt_jax import precise_bn
+    from feratt_jax.train import TrainState, predict_dataset
+
+    params, running = run.state.params, run.state.batch_stats
+    batch = int(run.config.train.eval_batch_size)
+    labels = test["label"]
+
+    def accuracy_with(stats) -> float:
+        state = TrainState(step=run.state.step, params=params, batch_stats=stats, opt_state=None)
+        return _accuracy(predict_dataset(run.eval_step, state, test, batch, run.mesh, keep=("logits",))["logits"], labels)
+
+    precise = precise_bn.average_batch_stats(fns["batch_statistics"], params, running, train_images)
+    train_mode = np.concatenate([np.asarray(fns["train_mode_logits"](params, running, test["image"][s])) for s in _batches(len(labels), batch)])
+    return {
+        "step": run.step,
+        "running_bn": accuracy_with(running),
+        "precise_bn": accuracy_with(precise),
+        "test_batch_bn": _accuracy(train_mode, labels),
+    }
+
+
+def feratt_report(run, fns: dict, init_variables, test: dict[str, np.ndarray], data, rng_seed: int = 0) -> dict[str, Any]:
+    """Attention, reconstruction, classifier-head and loss-balance figures of one FERAtt run."""
+    import jax
+
+    from feratt_jax import diagnostics
+    from feratt_jax.data.pipeline import render_train_batch
+    from feratt_jax.train import TrainState, predict_dataset
+
+    keep = ("logits", "reconstruction", "attention")
+    batch = int(run.config.train.eval_batch_size)
+    params, stats = run.state.params, run.state.batch_stats
+    out = run.predict(test["image"], keep=keep)
+    init_state = TrainState(step=run.state.step, params=init_variables["params"], batch_stats=init_variables["batch_stats"], opt_state=None)
+    out_init = predict_dataset(run.eval_step, init_state, test, batch, run.mesh, keep=keep)
+
+    head = {
+        source: _accuracy(np.concatenate([np.asarray(fns["classifier"](params, stats, test[source][s])) for s in _batches(len(test["label"]), batch)]), test["label"])
+        for source in ("x_org", "image")
+    }
+    head["reconstruction"] = _accuracy(out["logits"], test["label"])
+
+    it = iter(data.train)
+    grads = [fns["loss_term_gradients"](params, stats, render_train_batch(next(it), data.render_config), jax.random.key(rng_seed + i)) for i in range(4)]
+    terms = list(grads[0]["norms"])
+    parts = list(grads[0]["norms"][terms[0]])
+    return {
+        "attention": {
+            "trained": diagnostics.attention_on_face(out["attention"], test["mask"]),
+            "untrained": diagnostics.attention_on_face(out_init["attention"], test["mask"]),
+        },
+        "reconstruction": {
+            "trained": diagnostics.reconstruction_errors(out["reconstruction"], test["x_org"], test["image"], test["mask"]),
+            "untrained": diagnostics.reconstruction_errors(out_init["reconstruction"], test["x_org"], test["image"], test["mask"]),
+        },
+        "classifier_head_on": head,
+        "gradient_norms": {t: {p: float(np.mean([g["norms"][t][p] for g in grads])) for p in parts} for t in terms},
+        "trunk_cosine_with_cross_entropy": {t: float(np.mean([g["trunk_cosine"][t] for g in grads])) for t in terms},
+    }
+
+
+def diagnose_fold(method: str, workdir: pathlib.Path, out: pathlib.Path | None, bn_batches: int) -> dict[str, Any]:
+    import jax
+
+    from feratt_jax.evaluate import LoadedRun, attention_grid
+    from feratt_jax.train import build_training, make_inputs
+
+    from feratt_jax import diagnostics, precise_bn
+
+    best = LoadedRun(workdir, which="best")
+    latest = LoadedRun(workdir, which="latest")
+    data = make_inputs(best.config)
+    test = data.test
+    train_images = training_images(data, bn_batches)
+    fns = {
+        "batch_statistics": precise_bn.make_batch_statistics_fn(best.model, best.config),
+        "train_mode_logits": diagnostics.make_train_mode_logits_fn(best.model, best.config),
+    }
+    row: dict[str, Any] = {
+        "workdir": str(workdir),
+        "recorded_test_accuracy": json.loads((workdir / "eval" / "metrics.json").read_text())["test"]["accuracy"],
+        "best": bn_report(best, fns, test, train_images),
+        "latest": bn_report(latest, fns, test, train_images) if latest.step != best.step else None,
+    }
+    if method.startswith("ferattention"):
+        fns["classifier"] = diagnostics.make_classifier_fn(best.config.model)
+        fns["loss_term_gradients"] = diagnostics.make_loss_term_gradients_fn(best.model, best.config)
+        _, _, _, init_state = build_training(best.config, int(best.config.data.image_size))
+        init = jax.jit(init_state)()
+        row.update(feratt_report(best, fns, {"params": init.params, "batch_stats": init.batch_stats}, test, data))
+        if out is not None:
+            attention_grid(best, test, out / f"attention_{method}.png")
+    return row
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Diagnostics of the paper-table runs",
+        "",
+        "Made by `" + report["command"] + "` from the runs of `experiments/paper_table.py`; "
+        "test set of each fold (512 composites of held-out subjects), percent.",
+        "",
+        "## BatchNorm statistics: what the network knows vs what evaluation shows",
+        "",
+        "running = the trainer's evaluation (PyTorch-style running averages, momentum 0.1); precise = "
+        f"statistics re-estimated for the same weights over {report['bn_batches']} training batches; "
+        "test-batch = each test batch of 32 normalised by its own statistics.",
+        "",
+        "| method | fold | best step | running | precise | test-batch | last step | running | precise | test-batch |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for method, folds in report["methods"].items():
+        for fold, r in folds.items():
+            b, last = r["best"], r["latest"] or r["best"]
+            lines.append(
+                f"| {method} | {fold} | {b['step']} | {_pct(b['running_bn'])} | {_pct(b['precise_bn'])} | {_pct(b['test_batch_bn'])} "
+                f"| {last['step']} | {_pct(last['running_bn'])} | {_pct(last['precise_bn'])} | {_pct(last['test_batch_bn'])} |"
+            )
+    lines += [
+        "",
+        "Mean +- sample std over folds (the table's protocol is the first column: best-validation checkpoint, running averages):",
+        "",
+        "| method | folds | best, running | best, precise | last, running | last, precise |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for method, folds in report["methods"].items():
+        cells = []
+        for which in ("best", "latest"):
+            for key in ("running_bn", "precise_bn"):
+                values = [100 * (r[which] or r["best"])[key] for r in folds.values()]
+                cells.append(f"{np.mean(values):.1f} +- {np.std(values, ddof=1) if len(values) > 1 else 0.0:.1f}")
+        lines.append(f"| {method} | {len(folds)} | " + " | ".join(cells) + " |")
+    feratt = {m: f for m, f in report["methods"].items() if m.startswith("ferattention")}
+    if feratt:
+        lines += [
+            "",
+            "## Attention and reconstruction (best checkpoint)",
+            "",
+            "attention AUC = per-image pixel AUC of the attention map as a face detector (0.5 = blind to the face; "
+            "the map multiplies a signed feature map, so marking the face low, AUC near 0, is as selective as AUC near 1); "
+            "fixed-template AUC = the same for the mean map over the test set, i.e. a position prior that ignores the image; "
+            "between-image share = how much of the maps' variance differs between images (0 = the same map for every image); "
+            "face/bg = mean attention on the face over mean on the background. Reconstruction: L1 on face / "
+            "background pixels against the clean target; for scale, predicting zeros gives the face's mean "
+            "brightness on the face and 0 off it, and cutting the composite out with the true mask gives the "
+            "relighting error alone.",
+            "",
+            "| method | fold | attention AUC (untrained) | fixed-template AUC | between-image share of variance (untrained) | face/bg | recon L1 face | recon L1 bg | zeros L1 face | cut-out L1 face | copy-input L1 bg |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for method, folds in feratt.items():
+            for fold, r in folds.items():
+                a, rc = r["attention"], r["reconstruction"]
+                lines.append(
+                    f"| {method} | {fold} | {a['trained']['auc']:.3f} ({a['untrained']['auc']:.3f}) | {a['trained']['template_auc']:.3f} "
+                    f"| {a['trained']['across_image_variance']:.3f} ({a['untrained']['across_image_variance']:.3f}) "
+                    f"| {a['trained']['face_to_background']:.2f} "
+                    f"| {rc['trained']['model']['face']:.3f} | {rc['trained']['model']['background']:.3f} "
+                    f"| {rc['trained']['zeros']['face']:.3f} | {rc['trained']['input_cut_out']['face']:.3f} | {rc['trained']['input']['background']:.3f} |"
+                )
+        lines += [
+            "",
+            "## Classifier head and loss balance (best checkpoint)",
+            "",
+            "head on X = accuracy of the trained classification head fed X in place of the reconstruction. "
+            "Gradient norms of each loss term (with its weight) on the shared trunk (attention + features + "
+            "reconstruction) and on the classifier, mean over 4 training batches; cos = cosine with the "
+            "cross-entropy gradient on the trunk.",
+            "",
+            "| method | fold | head on reconstruction | head on clean face | head on composite | term: trunk grad, classifier grad, cos |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for method, folds in feratt.items():
+            for fold, r in folds.items():
+                h = r["classifier_head_on"]
+                g = r["gradient_norms"]
+                trunk = {t: float(np.sqrt(sum(g[t][p] ** 2 for p in ("attention", "features", "reconstruction")))) for t in g}
+                terms = "; ".join(f"{t}: {trunk[t]:.3g}, {g[t]['classifier']:.3g}, {r['trunk_cosine_with_cross_entropy'][t]:+.2f}" for t in g)
+                lines.append(f"| {method} | {fold} | {_pct(h['reconstruction'])} | {_pct(h['x_org'])} | {_pct(h['image'])} | {terms} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", required=True, help="paper_table.py's --workdir (holds <method>/fold_<k>)")
+    p.add_argument("--out", required=True, help="folder for diagnostics.json/.md and the attention PNGs")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--folds", type=int, nargs="*", default=None, help="fold indices (default: every finished fold)")
+    p.add_argument("--bn-batches", type=int, default=25, help="training batches for the precise BN statistics")
+    p.add_argument("--redo", action="store_true", help="recompute the chosen methods' folds even if --out/diagnostics.json has them")
+    args = p.parse_args(argv)
+
+    root = pathlib.Path(args.workdir)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "command": "python experiments/feratt_diagnostics.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "bn_batches": args.bn_batches,
+        "methods": {},
+    }
+    previous = out / "diagnostics.json"
+    if previous.is_file() and not args.redo:
+        # Folds diagnosed by an earlier invocation are kept (same workdir and BN batches only).
+        old = json.loads(previous.read_text())
+        if old.get("bn_batches") == args.bn_batches:
+            report["methods"] = old["methods"]
+    for method in args.methods:
+        finished = sorted(
+            (int(d.name.split("_")[1]), d) for d in (root / method).glob("fold_*") if (d / "eval" / "metrics.json").is_file()
+        )
+        if args.folds is not None:
+            finished = [(k, d) for k, d in finished if k in args.folds]
+        if not finished:
+            print(f"{method}: no finished fold under {root / method}; skipped", flush=True)
+            continue
+        report["methods"].setdefault(method, {})
+        for k, d in finished:
+            if str(k) in report["methods"][method] and not args.redo:
+                continue
+            t0 = time.perf_counter()
+            row = diagnose_fold(method, d, out if k == 0 else None, args.bn_batches)
+            report["methods"][method][str(k)] = row
+            report["methods"][method] = dict(sorted(report["methods"][method].items(), key=lambda kv: int(kv[0])))
+            previous.write_text(json.dumps(report, indent=2))  # a crash later keeps this fold
+            print(f"{method} fold {k}: {time.perf_counter() - t0:.0f} s; best {row['best']}", flush=True)
+    previous.write_text(json.dumps(report, indent=2))
+    (out / "diagnostics.md").write_text(markdown(report))
+    print((out / "diagnostics.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

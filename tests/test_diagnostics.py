@@ -1,0 +1,152 @@
+"""Diagnostics of trained FERAtt runs: AUC, attention, reconstruction errors, head and gradient probes."""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from feratt_jax import configs, diagnostics
+from feratt_jax import losses as losses_lib
+from feratt_jax import train as train_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_pixel_auc_by_hand():
+    # Positives 0.35 and 0.8 against negatives 0.1 and 0.4: 3 of 4 pairs ordered right.
+    assert diagnostics.pixel_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert diagnostics.pixel_auc([0.5, 0.5, 0.5], [1, 0, 0]) == pytest.approx(0.5)  # ties count half
+    assert diagnostics.pixel_auc([0.9, 0.1], [0, 1]) == pytest.approx(0.0)
+    assert np.isnan(diagnostics.pixel_auc([0.1, 0.2], [1, 1]))
+
+
+def test_attention_on_face_separates_a_face_map_from_a_blind_one():
+    mask = np.zeros((2, 4, 4, 1), np.float32)
+    mask[:, 1:3, 1:3] = 1.0
+    on_face = np.where(mask > 0, 4.0, -4.0).repeat(3, axis=-1)  # logits, 3 channels
+    r = diagnostics.attention_on_face(on_face, mask)
+    assert r["auc"] == pytest.approx(1.0)
+    sig = 1 / (1 + np.exp(-4.0))
+    assert r["face_to_background"] == pytest.approx(sig / (1 - sig))
+    # Both images have the face in the same place: the mean map does as well, and nothing varies between images.
+    assert r["template_auc"] == pytest.approx(1.0)
+    assert r["across_image_variance"] == pytest.approx(0.0)
+    blind = diagnostics.attention_on_face(np.zeros_like(on_face), mask)
+    assert blind["auc"] == pytest.approx(0.5) and blind["face_to_background"] == pytest.approx(1.0)
+    assert np.isnan(blind["across_image_variance"])  # a constant map has no variance to share
+    with pytest.raises(ValueError, match="differ in shape"):
+        diagnostics.attention_on_face(on_face[:, :3], mask)
+
+
+def test_attention_that_follows_the_face_beats_the_fixed_template():
+    # Image 0 has its face top-left, image 1 bottom-right; each map marks its own face.
+    mask = np.zeros((2, 4, 4, 1), np.float32)
+    mask[0, :2, :2] = 1.0
+    mask[1, 2:, 2:] = 1.0
+    logits = np.where(mask > 0, 3.0, -3.0)
+    r = diagnostics.attention_on_face(logits, mask)
+    assert r["auc"] == pytest.approx(1.0)
+    # The mean map is high on both corners: on each image it ties face and the other corner.
+    assert r["template_auc"] == pytest.approx((4 * 8 + 0.5 * 4 * 4) / (4 * 12))
+    # Per pixel: the 8 corner pixels vary between images (+-(s-t)/2), the 8 others do not.
+    s, t = 1 / (1 + np.exp(-3.0)), 1 / (1 + np.exp(3.0))
+    between = 8 * ((s - t) / 2) ** 2 / 16
+    total = np.var(np.where(mask[..., 0] > 0, s, t))
+    assert r["across_image_variance"] == pytest.approx(between / total)
+
+
+def test_reconstruction_errors_by_hand():
+    mask = np.array([[[[1.0], [0.0]]]], np.float32)  # one face pixel, one background pixel
+    x_org = np.array([[[[0.6], [0.0]]]], np.float32)
+    image = np.array([[[[0.5], [0.9]]]], np.float32)
+    recon = np.array([[[[0.7] * 3, [0.2] * 3]]], np.float32)  # (1, 1, 2, 3)
+    r = diagnostics.reconstruction_errors(recon, x_org, image, mask)
+    assert r["model"] == {"face": pytest.approx(0.1), "background": pytest.approx(0.2)}
+    assert r["zeros"] == {"face": pytest.approx(0.6), "background": pytest.approx(0.0)}
+    assert r["input"] == {"face": pytest.approx(0.1), "background": pytest.approx(0.9)}
+    assert r["input_cut_out"] == {"face": pytest.approx(0.1), "background": pytest.approx(0.0)}
+    want_loss = 5 * np.mean(np.tanh(3 * np.array([0.1, 0.2])))
+    assert r["reference_loss"] == pytest.approx(want_loss, rel=1e-5)
+
+
+def _input(config, x):
+    return train_lib.model_input(x, config.model.input_size, config.model.input_standardization)
+
+
+@pytest.fixture(scope="module")
+def small_feratt():
+    config = configs.load_config(str(REPO / "experiments" / "configs" / "ferattentiongmm.py") + ":quick")
+    model = train_lib.build_model_from_config(config.model)
+    x = jax.random.uniform(jax.random.key(0), (4, 64, 64, 3))
+    variables = model.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, _input(config, x))
+    return config, model, variables, x
+
+
+def test_classifier_head_fed_the_reconstruction_reproduces_the_model_logits(small_feratt):
+    config, model, variables, x = small_feratt
+    outputs = model.apply(variables, _input(config, x), train=False)
+    head = diagnostics.make_classifier_fn(config.model)
+    logits = head(variables["params"], variables["batch_stats"], outputs["reconstruction"])
+    np.testing.assert_allclose(logits, outputs["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_loss_term_gradients_match_direct_gradients(small_feratt):
+    config, model, variables, x = small_feratt
+    labels = jnp.array([0, 1, 2, 3])
+    rendered = {"image": x, "x_org": x * 0.5, "label": labels, "mask": jnp.ones((4, 64, 64, 1))}
+    rng = jax.random.key(3)
+    report = diagnostics.make_loss_term_gradients_fn(model, config)(variables["params"], variables["batch_stats"], rendered, rng)
+    assert set(report["norms"]) == {"cross_entropy", "gaussian_space", "reconstruction"}  # ||z|| has weight 0 here
+    assert report["trunk_cosine"]["cross_entropy"] == pytest.approx(1.0, abs=1e-5)
+    # The reconstruction term does not reach the classifier.
+    assert report["norms"]["reconstruction"]["classifier"] == 0.0
+
+    def ce(params):
+        outputs, _ = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]}, _input(config, x), train=True, mutable=["batch_stats"], rngs={"dropout": rng}
+        )
+        return losses_lib.cross_entropy(outputs["logits"], labels)
+
+    grads = jax.grad(ce)(variables["params"])
+    want = float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads["attention_map"]))))
+    assert report["norms"]["cross_entropy"]["attention"] == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_diagnostics_script_on_a_short_run_writes_every_table_and_resumes(tmp_path, monkeypatch):
+    import importlib.util
+    import json
+
+    from test_train import tiny_config
+
+    config = tiny_config(str(tmp_path / "cache"), model="ferattention", num_steps=2, eval_every=2, checkpoint_every=1)
+    for field, value in {"num_filters": 8, "backbone_width": 16, "num_feature_blocks": 2, "input_standardization": True}.items():
+        config.model[field] = value
+    train_lib.train_and_evaluate(config, tmp_path / "runs" / "ferattention" / "fold_0")
+
+    spec = importlib.util.spec_from_file_location("feratt_diagnostics", REPO / "experiments" / "feratt_diagnostics.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "out"
+    argv = ["--workdir", str(tmp_path / "runs"), "--out", str(out), "--bn-batches", "2"]
+    assert script.main(argv) == 0
+
+    report = json.loads((out / "diagnostics.json").read_text())
+    assert list(report["methods"]) == ["ferattention"]  # methods without runs are skipped
+    row = report["methods"]["ferattention"]["0"]
+    assert row["best"]["running_bn"] == pytest.approx(row["recorded_test_accuracy"])
+    assert 0.0 <= row["attention"]["trained"]["auc"] <= 1.0
+    assert set(row["gradient_norms"]) == {"cross_entropy", "reconstruction"}
+    text = (out / "diagnostics.md").read_text()
+    for heading in ("## BatchNorm statistics", "## Attention and reconstruction", "## Classifier head and loss balance"):
+        assert heading in text
+    assert (out / "attention_ferattention.png").stat().st_size > 0
+
+    # A second invocation keeps the diagnosed fold instead of recomputing it.
+    monkeypatch.setattr(script, "diagnose_fold", lambda *a, **k: pytest.fail("recomputed a finished fold"))
+    assert script.main(argv) == 0
+    assert json.loads((out / "diagnostics.json").read_text())["methods"]["ferattention"]["0"] == row
