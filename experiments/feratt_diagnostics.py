@@ -16,7 +16,8 @@ Reads the fold workdirs that ``experiments/paper_table.py`` trained
 * **Classifier head** (FERAtt): the trained head fed the clean target face or
   the raw composite instead of the reconstruction.
 * **Loss balance** (FERAtt): each loss term's gradient norm per network part
-  and its cosine with the cross-entropy gradient on the shared trunk.
+  and its cosine with the cross-entropy gradient on the shared trunk, over
+  the first 8 batches of the training stream.
 
 Writes ``diagnostics.json``, ``diagnostics.md`` and, for the first fold,
 ``attention_<method>.png`` (fold 0) to ``--out``. Roughly two minutes per fold and
@@ -38,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("preactresnet18", "ferattention", "ferattentiongmm")
+METHODS = ("preactresnet18", "ferattention", "ferattentiongmm", "preactresnet18_narrow")
+GRADIENT_BATCHES = 8
 
 
 def _accuracy(logits_NC: np.ndarray, labels_N: np.ndarray) -> float:
@@ -50,11 +52,10 @@ def _batches(n: int, size: int):
 
 
 def training_images(data, count: int) -> list[np.ndarray]:
-    """``count`` rendered training batches, as the train step renders them."""
-    from feratt_jax.data.pipeline import render_train_batch
+    """The trainer's precise-BN batches (training subjects, their own stream), rendered as in training."""
+    from feratt_jax.data.pipeline import PRECISE_BN_STREAM, render_train_batch
 
-    it = iter(data.train)
-    return [np.asarray(render_train_batch(next(it), data.render_config)["image"]) for _ in range(count)]
+    return [np.asarray(render_train_batch(data.train_batches(i, stream=PRECISE_BN_STREAM), data.render_config)["image"]) for i in range(count)]
 
 
 def bn_report(run, fns: dict, test: dict[str, np.ndarray], train_images: list[np.ndarray]) -> dict[str, float]:
@@ -101,8 +102,11 @@ def feratt_report(run, fns: dict, init_variables, test: dict[str, np.ndarray], d
     }
     head["reconstruction"] = _accuracy(out["logits"], test["label"])
 
-    it = iter(data.train)
-    grads = [fns["loss_term_gradients"](params, stats, render_train_batch(next(it), data.render_config), jax.random.key(rng_seed + i)) for i in range(4)]
+    # The first GRADIENT_BATCHES batches of the training stream (the same ones for every run of a fold).
+    grads = [
+        fns["loss_term_gradients"](params, stats, render_train_batch(data.train_batches(i), data.render_config), jax.random.key(rng_seed + i))
+        for i in range(GRADIENT_BATCHES)
+    ]
     terms = list(grads[0]["norms"])
     parts = list(grads[0]["norms"][terms[0]])
     return {
@@ -117,6 +121,7 @@ def feratt_report(run, fns: dict, init_variables, test: dict[str, np.ndarray], d
         "classifier_head_on": head,
         "gradient_norms": {t: {p: float(np.mean([g["norms"][t][p] for g in grads])) for p in parts} for t in terms},
         "trunk_cosine_with_cross_entropy": {t: float(np.mean([g["trunk_cosine"][t] for g in grads])) for t in terms},
+        "trunk_cosine_std_over_batches": {t: float(np.std([g["trunk_cosine"][t] for g in grads], ddof=1)) for t in terms},
     }
 
 
@@ -158,22 +163,25 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def _section(title: str, note: str, columns: list[str]) -> list[str]:
+    """A markdown section: heading, explanation, and the header of a per-(method, fold) table."""
+    return ["", f"## {title}", "", note, "", "| method | fold | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Diagnostics of the paper-table runs",
         "",
         "Made by `" + report["command"] + "` from the runs of `experiments/paper_table.py`; "
         "test set of each fold (512 composites of held-out subjects), percent.",
-        "",
-        "## BatchNorm statistics: what the network knows vs what evaluation shows",
-        "",
+    ]
+    lines += _section(
+        "BatchNorm statistics: what the network knows vs what evaluation shows",
         "running = the trainer's evaluation (PyTorch-style running averages, momentum 0.1); precise = "
         f"statistics re-estimated for the same weights over {report['bn_batches']} training batches; "
         "test-batch = each test batch of 32 normalised by its own statistics.",
-        "",
-        "| method | fold | best step | running | precise | test-batch | last step | running | precise | test-batch |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+        ["best step", "running", "precise", "test-batch", "last step", "running", "precise", "test-batch"],
+    )
     for method, folds in report["methods"].items():
         for fold, r in folds.items():
             b, last = r["best"], r["latest"] or r["best"]
@@ -197,10 +205,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {method} | {len(folds)} | " + " | ".join(cells) + " |")
     feratt = {m: f for m, f in report["methods"].items() if m.startswith("ferattention")}
     if feratt:
-        lines += [
-            "",
-            "## Attention and reconstruction (best checkpoint)",
-            "",
+        lines += _section(
+            "Attention and reconstruction (best checkpoint)",
             "attention AUC = per-image pixel AUC of the attention map as a face detector (0.5 = blind to the face; "
             "the map multiplies a signed feature map, so marking the face low, AUC near 0, is as selective as AUC near 1); "
             "fixed-template AUC = the same for the mean map over the test set, i.e. a position prior that ignores the image; "
@@ -209,10 +215,9 @@ def markdown(report: dict[str, Any]) -> str:
             "background pixels against the clean target; for scale, predicting zeros gives the face's mean "
             "brightness on the face and 0 off it, and cutting the composite out with the true mask gives the "
             "relighting error alone.",
-            "",
-            "| method | fold | attention AUC (untrained) | fixed-template AUC | between-image share of variance (untrained) | face/bg | recon L1 face | recon L1 bg | zeros L1 face | cut-out L1 face | copy-input L1 bg |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
+            ["attention AUC (untrained)", "fixed-template AUC", "between-image share of variance (untrained)", "face/bg",
+             "recon L1 face", "recon L1 bg", "zeros L1 face", "cut-out L1 face", "copy-input L1 bg"],
+        )
         for method, folds in feratt.items():
             for fold, r in folds.items():
                 a, rc = r["attention"], r["reconstruction"]
@@ -223,24 +228,23 @@ def markdown(report: dict[str, Any]) -> str:
                     f"| {rc['trained']['model']['face']:.3f} | {rc['trained']['model']['background']:.3f} "
                     f"| {rc['trained']['zeros']['face']:.3f} | {rc['trained']['input_cut_out']['face']:.3f} | {rc['trained']['input']['background']:.3f} |"
                 )
-        lines += [
-            "",
-            "## Classifier head and loss balance (best checkpoint)",
-            "",
+        lines += _section(
+            "Classifier head and loss balance (best checkpoint)",
             "head on X = accuracy of the trained classification head fed X in place of the reconstruction. "
             "Gradient norms of each loss term (with its weight) on the shared trunk (attention + features + "
-            "reconstruction) and on the classifier, mean over 4 training batches; cos = cosine with the "
-            "cross-entropy gradient on the trunk.",
-            "",
-            "| method | fold | head on reconstruction | head on clean face | head on composite | term: trunk grad, classifier grad, cos |",
-            "|---|---:|---:|---:|---:|---|",
-        ]
+            f"reconstruction) and on the classifier, mean over {GRADIENT_BATCHES} training batches; cos = cosine with the "
+            "cross-entropy gradient on the trunk (mean +- std over those batches).",
+            ["head on reconstruction", "head on clean face", "head on composite", "term: trunk grad, classifier grad[, cos]"],
+        )
         for method, folds in feratt.items():
             for fold, r in folds.items():
                 h = r["classifier_head_on"]
                 g = r["gradient_norms"]
                 trunk = {t: float(np.sqrt(sum(g[t][p] ** 2 for p in ("attention", "features", "reconstruction")))) for t in g}
-                terms = "; ".join(f"{t}: {trunk[t]:.3g}, {g[t]['classifier']:.3g}, {r['trunk_cosine_with_cross_entropy'][t]:+.2f}" for t in g)
+                cos, cos_sd = r["trunk_cosine_with_cross_entropy"], r["trunk_cosine_std_over_batches"]
+                terms = "; ".join(
+                    f"{t}: {trunk[t]:.3g}, {g[t]['classifier']:.3g}" + ("" if t == "cross_entropy" else f", {cos[t]:+.2f} +- {cos_sd[t]:.2f}") for t in g
+                )
                 lines.append(f"| {method} | {fold} | {_pct(h['reconstruction'])} | {_pct(h['x_org'])} | {_pct(h['image'])} | {terms} |")
     return "\n".join(lines) + "\n"
 

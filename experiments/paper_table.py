@@ -45,6 +45,9 @@ METHODS = (
     ("preactresnet18", "PreActResNet18 (baseline, 32x32)"),
     ("ferattention", "FERAtt+Cls"),
     ("ferattentiongmm", "FERAtt+Rep+Cls"),
+    # Not in the paper: the baseline at the width of FERAtt's classifier at this
+    # size (the same network as the baseline at full size), for matched capacity.
+    ("preactresnet18_narrow", "PreActResNet18 at FERAtt's classifier width (control)"),
 )
 PAPER_COLUMNS = (("accuracy", "Acc."), ("macro_precision", "Prec."), ("macro_recall", "Rec."), ("reference_f1", "F1"))
 
@@ -79,6 +82,8 @@ def model_description(config) -> str:
     parts = [f"input {m.input_size or config.data.image_size}px"]
     if m.name.startswith("ferattention"):
         parts.append(f"decoder {m.num_filters}, {m.num_feature_blocks} feature blocks, classifier width {m.backbone_width}")
+    elif m.get("baseline_width", 0) and m.baseline_width != 64:
+        parts.append(f"width {m.baseline_width}")
     else:
         parts.append("full width")
     if m.get("input_standardization", False):

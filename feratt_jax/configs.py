@@ -37,6 +37,7 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     c.model.num_filters = 32  # attention U-Net decoder width (reference: 32)
     c.model.backbone_width = 64  # PreActResNet18 first-stage width (reference: 64)
     c.model.num_feature_blocks = 8  # residual blocks of the feature branch (reference: 8)
+    c.model.baseline_width = 0  # the PreActResNet18 baseline's first-stage width; 0 = the reference's 64
     c.model.input_size = 0  # 0 = the rendered image size; e.g. 32 for the paper's baseline
     c.model.input_standardization = False  # per-image zero mean / unit std before the model (not in the reference)
     c.model.compute_dtype = "float32"  # or "bfloat16" (params stay float32)

@@ -50,6 +50,7 @@ _IGNORED_FIELDS = {
 # behaviour: a fold whose config.json predates a field counts as having it.
 _DEFAULTS_OF_NEWER_FIELDS = {
     "train.precise_bn_batches": 0,
+    "model.baseline_width": 0,
 }
 
 

@@ -63,6 +63,8 @@ def build_model_from_config(model_config: ml_collections.ConfigDict) -> Any:
         options["num_filters"] = model_config.num_filters
         options["backbone_width"] = model_config.backbone_width
         options["num_feature_blocks"] = model_config.get("num_feature_blocks", 8)
+    elif model_config.name == "preactresnet18" and model_config.get("baseline_width", 0):
+        options["initial_channels"] = model_config.baseline_width
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(model_config.compute_dtype)
     if dtype is None:
         raise ValueError(f"model.compute_dtype must be float32 or bfloat16, got {model_config.compute_dtype!r}")
@@ -383,6 +385,7 @@ class _Timer:
     data_s: float = 0.0
     total_s: float = 0.0
     images: int = 0
+    precise_bn_s: float = 0.0  # re-estimating BN statistics before evaluations
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
@@ -506,7 +509,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 if recalibrate_bn is not None:
                     # Training never reads the running averages, so replacing
                     # them changes what evaluation (and the checkpoint) sees only.
-                    state = state.replace(batch_stats=recalibrate_bn(state))
+                    t_bn = time.perf_counter()
+                    state = state.replace(batch_stats=jax.block_until_ready(recalibrate_bn(state)))
+                    timer.precise_bn_s += time.perf_counter() - t_bn
                 run_eval(step)
             if step % tc.checkpoint_every == 0 or step == tc.num_steps or stop:
                 checkpointer.save(step, state, train_iter.get_state(), meta(), force=True)
@@ -531,6 +536,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         "val": evaluate_split(eval_step, final_state, data.val, tc.eval_batch_size, mesh, config.model.num_classes),
         "test": evaluate_split(eval_step, final_state, data.test, tc.eval_batch_size, mesh, config.model.num_classes),
         "precise_bn_batches": int(tc.get("precise_bn_batches", 0)),
+        "precise_bn_seconds": timer.precise_bn_s,
         "first_step_s": compile_s,
         "train_images_per_s": timer.images / timer.total_s if timer.total_s else None,
     }

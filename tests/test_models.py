@@ -63,6 +63,15 @@ def test_baseline_parameter_counts_match_reference(name, size, expected):
     assert _count(variables["params"]) == expected
 
 
+def test_narrow_baseline_has_the_same_shape_as_feratts_narrow_classifier():
+    narrow = _abstract_init(build_model("preactresnet18", num_classes=8, initial_channels=16), size=32)
+    feratt = _abstract_init(build_model("ferattention", num_classes=8, backbone_width=16, num_filters=8, num_feature_blocks=2))
+    shapes = lambda tree: jax.tree.map(lambda x: x.shape, tree)  # noqa: E731
+    assert shapes(narrow["params"]) == shapes(feratt["params"]["netclass"])
+    with pytest.raises(ValueError, match="initial_channels"):
+        build_model("resnet18", num_classes=8, initial_channels=16)
+
+
 def test_batch_stats_count_is_mean_and_var_of_every_bn():
     # 53 BN layers (36 in the ResNet-34 encoder, conv2_bn, 16 in PreActResNet18);
     # the reference's 23,867 buffers add one num_batches_tracked per BN.

@@ -53,7 +53,12 @@ def test_table_is_in_the_papers_format_in_percent():
 def test_method_configs_are_the_three_papers_methods_at_the_chosen_size():
     pt = _paper_table()
     names = [stem for stem, _ in pt.METHODS]
-    assert names == ["preactresnet18", "ferattention", "ferattentiongmm"]
+    assert names == ["preactresnet18", "ferattention", "ferattentiongmm", "preactresnet18_narrow"]
+    narrow = pt.method_config("preactresnet18_narrow", "quick", [])
+    ferattention = pt.method_config("ferattention", "quick", [])
+    assert narrow.model.baseline_width == ferattention.model.backbone_width == 16
+    assert pt.model_description(narrow).startswith("input 32px, width 16,")
+    assert pt.method_config("preactresnet18_narrow", "full", []).model.baseline_width == 64  # = the baseline at full size
     baseline = pt.method_config("preactresnet18", "quick", ["--config.train.num_steps=7"])
     assert baseline.model.input_size == 32 and baseline.train.num_steps == 7
     assert pt.model_description(baseline) == (

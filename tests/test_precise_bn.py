@@ -85,7 +85,7 @@ def test_trainer_option_changes_the_statistics_and_nothing_else(cache_dir, tmp_p
     precise = tiny_config(cache_dir, num_steps=3, eval_every=2, checkpoint_every=3, precise_bn_batches=2)
     summary = train_lib.train_and_evaluate(precise, tmp_path / "precise")
     train_lib.train_and_evaluate(plain, tmp_path / "plain")
-    assert summary["precise_bn_batches"] == 2
+    assert summary["precise_bn_batches"] == 2 and summary["precise_bn_seconds"] > 0
 
     a, data_a = _params(tmp_path / "plain", plain)
     b, data_b = _params(tmp_path / "precise", precise)

@@ -54,8 +54,8 @@ def build_model(name: str, *, num_classes: int, dim: int = 32, dtype: Any = jnp.
         cvgg13), ``attention_channels`` (default = num_classes, as the
         reference ties them), ``num_feature_blocks``,
         ``gmmstn_cvgg_skips_warp``, and for quick CPU runs ``num_filters``
-        (decoder width, 32) and ``backbone_width`` (PreActResNet18, 64). Baselines: ``embedding`` (bool), and
-        ``dropout_rate`` for cvgg13.
+        (decoder width, 32) and ``backbone_width`` (PreActResNet18, 64). Baselines: ``embedding`` (bool),
+        ``dropout_rate`` for cvgg13, and ``initial_channels`` (64) for preactresnet18.
 
     Raises:
       ValueError: unknown name, bad num_classes/dim or an unknown option.
@@ -73,7 +73,7 @@ def build_model(name: str, *, num_classes: int, dim: int = 32, dtype: Any = jnp.
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
         return FERAttention(num_classes=num_classes, dim=dim, embedding=embedding, use_stn=use_stn, dtype=dtype, **options)
     if name in BASELINES:
-        allowed = {"embedding"} | ({"dropout_rate"} if name == "cvgg13" else set())
+        allowed = {"embedding"} | ({"dropout_rate"} if name == "cvgg13" else set()) | ({"initial_channels"} if name == "preactresnet18" else set())
         _check_options(name, options, allowed)
         embedding = options.pop("embedding", False)
         return BASELINES[name](num_classes=num_classes, dim=dim if embedding else None, dtype=dtype, **options)
