@@ -19,8 +19,9 @@ Reads the fold workdirs that ``experiments/paper_table.py`` trained
   and its cosine with the cross-entropy gradient on the shared trunk, over
   the first 8 batches of the training stream.
 
-Writes ``diagnostics.json``, ``diagnostics.md`` and, for the first fold,
-``attention_<method>.png`` (fold 0) to ``--out``. Roughly two minutes per fold and
+Writes ``diagnostics.json``, ``diagnostics.md`` and ``attention_<method>.png``
+(fold 0) to ``--out``. Folds already in ``diagnostics.json`` are kept, so a
+rerun only adds new folds (``--redo`` recomputes the chosen methods). Roughly two minutes per fold and
 method on 2 CPU cores.
 
     python experiments/feratt_diagnostics.py --workdir runs/paper_table \
@@ -128,10 +129,9 @@ def feratt_report(run, fns: dict, init_variables, test: dict[str, np.ndarray], d
 def diagnose_fold(method: str, workdir: pathlib.Path, out: pathlib.Path | None, bn_batches: int) -> dict[str, Any]:
     import jax
 
+    from feratt_jax import diagnostics, precise_bn
     from feratt_jax.evaluate import LoadedRun, attention_grid
     from feratt_jax.train import build_training, make_inputs
-
-    from feratt_jax import diagnostics, precise_bn
 
     best = LoadedRun(workdir, which="best")
     latest = LoadedRun(workdir, which="latest")
@@ -179,7 +179,7 @@ def markdown(report: dict[str, Any]) -> str:
         "BatchNorm statistics: what the network knows vs what evaluation shows",
         "running = the trainer's evaluation (PyTorch-style running averages, momentum 0.1); precise = "
         f"statistics re-estimated for the same weights over {report['bn_batches']} training batches; "
-        "test-batch = each test batch of 32 normalised by its own statistics.",
+        "test-batch = each test batch (`train.eval_batch_size` images) normalised by its own statistics.",
         ["best step", "running", "precise", "test-batch", "last step", "running", "precise", "test-batch"],
     )
     for method, folds in report["methods"].items():
@@ -264,14 +264,16 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "command": "python experiments/feratt_diagnostics.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "workdir": str(root),
         "bn_batches": args.bn_batches,
         "methods": {},
     }
     previous = out / "diagnostics.json"
-    if previous.is_file() and not args.redo:
-        # Folds diagnosed by an earlier invocation are kept (same workdir and BN batches only).
+    if previous.is_file():
+        # Folds diagnosed by an earlier invocation of the same runs and BN batch count are
+        # kept; --redo recomputes only the chosen methods' folds.
         old = json.loads(previous.read_text())
-        if old.get("bn_batches") == args.bn_batches:
+        if old.get("bn_batches") == args.bn_batches and old.get("workdir", str(root)) == str(root):
             report["methods"] = old["methods"]
     for method in args.methods:
         finished = sorted(

@@ -21,7 +21,7 @@ notebook, ``experiments/feratt_diagnostics.py`` and the tests share them:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,7 @@ import numpy as np
 from feratt_jax import losses as losses_lib
 from feratt_jax.models.feratt import backbone_input, make_backbone
 from feratt_jax.models.layers import normalize_layer
+from feratt_jax.train import loss_options, model_input_fn
 
 # Top-level parameter collections of FERAttention, grouped by the paper's parts.
 PARTS = {
@@ -40,14 +41,6 @@ PARTS = {
     "classifier": ("netclass",),
 }
 TRUNK_PARTS = ("attention", "features", "reconstruction")
-
-
-def _model_input(config: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.Array]:
-    from feratt_jax.train import model_input
-
-    size = config.model.input_size
-    standardize = bool(config.model.get("input_standardization", False))
-    return lambda image_BHWC: model_input(image_BHWC, size, standardize)
 
 
 def _rgb(x_BHWC: np.ndarray | jax.Array) -> jax.Array:
@@ -62,7 +55,7 @@ def _rgb(x_BHWC: np.ndarray | jax.Array) -> jax.Array:
 
 def make_train_mode_logits_fn(model: Any, config: ml_collections.ConfigDict) -> Callable:
     """``fn(params, batch_stats, image_BHWC) -> logits`` with BatchNorm normalising by this batch's own statistics."""
-    prepare = _model_input(config)
+    prepare = model_input_fn(config)
 
     @jax.jit
     def fn(params, batch_stats, image_BHWC):
@@ -126,23 +119,33 @@ def attention_on_face(attention_BHWC: np.ndarray, mask_BHW1: np.ndarray) -> dict
     mask_BHW = np.asarray(mask_BHW1)[..., 0] > 0.5
     if att_BHW.shape != mask_BHW.shape:
         raise ValueError(f"attention {att_BHW.shape} and mask {mask_BHW.shape} differ in shape")
-    template_HW = att_BHW.mean(axis=0)
-    ratios, aucs, template_aucs = [], [], []
-    for a, m in zip(att_BHW, mask_BHW):
-        if m.all() or not m.any():
-            continue
-        ratios.append(a[m].mean() / max(a[~m].mean(), 1e-12))
-        aucs.append(pixel_auc(a, m))
-        template_aucs.append(pixel_auc(template_HW, m))
-    if not aucs:
+    b = att_BHW.shape[0]
+    att_BN, face_BN = att_BHW.reshape(b, -1), mask_BHW.reshape(b, -1)
+    n_face = face_BN.sum(axis=1)
+    usable = (n_face > 0) & (n_face < face_BN.shape[1])  # both face and background pixels
+    if not usable.any():
         raise ValueError("no image has both face and background pixels")
+    att_BN, face_BN, n_face = att_BN[usable], face_BN[usable], n_face[usable]
+    template_N = att_BHW.mean(axis=0).ravel()
+    face_mean = (att_BN * face_BN).sum(axis=1) / n_face
+    background_mean = (att_BN * ~face_BN).sum(axis=1) / (face_BN.shape[1] - n_face)
     total = att_BHW.var()
     return {
-        "auc": float(np.mean(aucs)),
-        "template_auc": float(np.mean(template_aucs)),
-        "face_to_background": float(np.mean(ratios)),
+        "auc": float(np.mean(_per_row_auc(att_BN, face_BN))),
+        "template_auc": float(np.mean(_per_row_auc(np.broadcast_to(template_N, att_BN.shape), face_BN))),
+        "face_to_background": float(np.mean(face_mean / np.maximum(background_mean, 1e-12))),
         "across_image_variance": float(att_BHW.var(axis=0).mean() / total) if total > 0 else float("nan"),
     }
+
+
+def _per_row_auc(scores_BN: np.ndarray, positive_BN: np.ndarray) -> np.ndarray:
+    """:func:`pixel_auc` of every row at once (each row must hold both classes)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores_BN, axis=1)
+    n_pos = positive_BN.sum(axis=1)
+    n_neg = positive_BN.shape[1] - n_pos
+    return ((ranks * positive_BN).sum(axis=1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
 def reconstruction_errors(
@@ -228,18 +231,12 @@ def make_loss_term_gradients_fn(model: Any, config: ml_collections.ConfigDict) -
     term's gradient and the cross-entropy gradient over the trunk
     (attention, features, reconstruction): the part every FERAtt term reaches.
     """
-    from feratt_jax.train import loss_options
-
     options = loss_options(config)
-    weights = {
-        "cross_entropy": options["cross_entropy_weight"],
-        "reconstruction": options["reconstruction_weight"],
-        "stn": options["stn_weight"],
-        "gaussian_space": options["gaussian_space_weight"],
-        "embedding_norm": options["embedding_norm_weight"] if options["embedding_norm_weight"] is not None else 0.0,
-    }
-    terms = [t for t in losses_lib.VARIANT_TERMS[options["variant"]] if weights.get(t, 0.0)]
-    prepare = _model_input(config)
+    weights = losses_lib.term_weights(
+        options["variant"], **{k: options[k] for k in ("cross_entropy_weight", "reconstruction_weight", "stn_weight", "gaussian_space_weight", "embedding_norm_weight")}
+    )
+    terms = [t for t, w in weights.items() if w]
+    prepare = model_input_fn(config)
 
     @jax.jit
     def gradients(params, batch_stats, rendered, rng):

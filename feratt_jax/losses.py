@@ -30,6 +30,7 @@ from feratt_jax.ops.spatial_transform import warp_affine
 
 __all__ = [
     "VARIANT_TERMS",
+    "term_weights",
     "REFERENCE_EMBEDDING_NORM_WEIGHT",
     "REFERENCE_SCALES_BY_BATCH_SIZE",
     "cross_entropy",
@@ -395,6 +396,33 @@ def reference_loss_options(variant: str) -> dict[str, Any]:
     return options
 
 
+def term_weights(
+    variant: str,
+    *,
+    cross_entropy_weight: float = 1.0,
+    reconstruction_weight: float = 1.0,
+    stn_weight: float = 1.0,
+    gaussian_space_weight: float = 1.0,
+    embedding_norm_weight: float | None = None,
+) -> dict[str, float]:
+    """The weight of each term of ``variant`` in :func:`feratt_losses`' total.
+
+    ``embedding_norm_weight=None`` is the reference's weight for the variant.
+    """
+    if variant not in VARIANT_TERMS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANT_TERMS)}")
+    if embedding_norm_weight is None:
+        embedding_norm_weight = REFERENCE_EMBEDDING_NORM_WEIGHT.get(variant, 0.0)
+    weights = {
+        "cross_entropy": cross_entropy_weight,
+        "gaussian_space": gaussian_space_weight,
+        "reconstruction": reconstruction_weight,
+        "stn": stn_weight,
+        "embedding_norm": embedding_norm_weight,
+    }
+    return {name: float(weights[name]) for name in VARIANT_TERMS[variant]}
+
+
 def feratt_losses(
     outputs: Mapping[str, jax.Array],
     batch: Mapping[str, jax.Array],
@@ -452,18 +480,20 @@ def feratt_losses(
       (the weighted sum, what the reference logs as its loss) and ``total`` (the quantity to
       differentiate: ``total_unscaled``, times B when `scale_by_batch_size`).
     """
-    if variant not in VARIANT_TERMS:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANT_TERMS)}")
+    weights = term_weights(
+        variant,
+        cross_entropy_weight=cross_entropy_weight,
+        reconstruction_weight=reconstruction_weight,
+        stn_weight=stn_weight,
+        gaussian_space_weight=gaussian_space_weight,
+        embedding_norm_weight=embedding_norm_weight,
+    )
     terms = VARIANT_TERMS[variant]
     logits_BC = jnp.asarray(outputs["logits"])
     labels_B = jnp.asarray(batch["label"])
-    if embedding_norm_weight is None:
-        embedding_norm_weight = REFERENCE_EMBEDDING_NORM_WEIGHT.get(variant, 0.0)
 
     values: dict[str, jax.Array] = {}
-    weights: dict[str, float] = {}
     values["cross_entropy"] = cross_entropy(logits_BC, labels_B)
-    weights["cross_entropy"] = cross_entropy_weight
     if "gaussian_space" in terms:
         values["gaussian_space"] = gaussian_space_loss(
             outputs["embedding"],
@@ -475,16 +505,12 @@ def feratt_losses(
             mixup_label_mode=mixup_label_mode,
             mixup_alpha=mixup_alpha,
         )
-        weights["gaussian_space"] = gaussian_space_weight
     if "reconstruction" in terms:
         values["reconstruction"] = reconstruction_loss(batch["x_org"], outputs["reconstruction"])
-        weights["reconstruction"] = reconstruction_weight
     if "stn" in terms:
         values["stn"] = stn_loss(batch["x_org"], outputs["theta"], batch["theta"])
-        weights["stn"] = stn_weight
     if "embedding_norm" in terms:
         values["embedding_norm"] = embedding_norm(outputs["embedding"])
-        weights["embedding_norm"] = embedding_norm_weight
 
     total = sum(weights[name] * values[name] for name in terms)
     values["total_unscaled"] = total

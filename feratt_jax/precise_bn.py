@@ -3,7 +3,7 @@
 The reference evaluates with PyTorch's running averages (momentum 0.1), which
 trail the weights by a few dozen steps. Early in training, at lr 1e-3, the
 weights move faster than the averages follow, and the mismatch compounds
-through FERAtt's ~60 BatchNorm layers: the eval-mode network can sit at
+through FERAtt's 53 BatchNorm layers: the eval-mode network can sit at
 chance while the same weights classify well with fresh statistics
 (``experiments/feratt_diagnostics.py`` measured 10 % -> 28 % on one fold).
 Re-estimating the statistics before evaluation removes that artifact without
@@ -33,14 +33,13 @@ def make_batch_statistics_fn(model: Any, config: ml_collections.ConfigDict) -> C
     result has the structure of ``batch_stats``: per BN layer the batch mean
     and the unbiased batch variance, as PyTorch would add to its averages.
     """
-    from feratt_jax.train import model_input
+    from feratt_jax.train import model_input_fn
 
-    size = config.model.input_size
-    standardize = bool(config.model.get("input_standardization", False))
+    prepare = model_input_fn(config)
 
     @jax.jit
     def fn(params, batch_stats, image_BHWC):
-        x = model_input(jnp.asarray(image_BHWC, jnp.float32), size, standardize)
+        x = prepare(jnp.asarray(image_BHWC, jnp.float32))
 
         def updated(start_value: float, inputs: jax.Array):
             start = jax.tree.map(lambda v: jnp.full_like(v, start_value), batch_stats)

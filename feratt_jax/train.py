@@ -104,6 +104,13 @@ def model_input(image_BHWC: jax.Array, input_size: int, standardize: bool = Fals
     return resize_bilinear(image_BHWC, input_size, input_size)
 
 
+def model_input_fn(config: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.Array]:
+    """:func:`model_input` with ``config.model``'s input size and standardization bound."""
+    input_size = config.model.input_size
+    standardize = bool(config.model.get("input_standardization", False))
+    return lambda image_BHWC: model_input(image_BHWC, input_size, standardize)
+
+
 def make_learning_rate(opt_config: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
     lr = opt_config.learning_rate
     if opt_config.schedule == "constant":
@@ -168,7 +175,7 @@ def build_training(config: ml_collections.ConfigDict, image_size: int):
 
     def init_state() -> TrainState:
         rng = jax.random.fold_in(jax.random.key(config.seed), 0)
-        variables = model.init({"params": rng, "dropout": rng}, model_input(sample, config.model.input_size, config.model.get("input_standardization", False)), train=False)
+        variables = model.init({"params": rng, "dropout": rng}, model_input_fn(config)(sample), train=False)
         params = variables["params"]
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -221,9 +228,7 @@ def make_train_step(
     uninterrupted one would, with no RNG state in the checkpoint.
     """
     loss_kwargs = loss_options(config)
-    input_size = config.model.input_size
-    standardize = bool(config.model.get("input_standardization", False))
-
+    prepare = model_input_fn(config)
     seed = config.seed
 
     def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
@@ -237,7 +242,7 @@ def make_train_step(
         def loss_of(params):
             outputs, updates = model.apply(
                 {"params": params, "batch_stats": state.batch_stats},
-                model_input(rendered["image"], input_size, standardize),
+                prepare(rendered["image"]),
                 train=True,
                 mutable=["batch_stats"],
                 rngs={"dropout": dropout_rng},
@@ -264,13 +269,10 @@ def make_train_step(
 
 def make_eval_step(model: Any, config: ml_collections.ConfigDict):
     """``eval_step(variables, images) -> outputs`` in eval mode (running BN stats)."""
-    input_size = config.model.input_size
-    standardize = bool(config.model.get("input_standardization", False))
+    prepare = model_input_fn(config)
 
     def eval_step(params, batch_stats, image_BHWC):
-        outputs = model.apply(
-            {"params": params, "batch_stats": batch_stats}, model_input(image_BHWC, input_size, standardize), train=False
-        )
+        outputs = model.apply({"params": params, "batch_stats": batch_stats}, prepare(image_BHWC), train=False)
         return {k: v.astype(jnp.float32) for k, v in outputs.items()}
 
     return eval_step
@@ -552,9 +554,9 @@ def make_bn_recalibration(model: Any, config: ml_collections.ConfigDict, data: p
     """``recalibrate(state) -> batch_stats`` re-estimated over fixed training batches, or None.
 
     None when ``train.precise_bn_batches`` is 0. The batches come from the
-    training subjects through :data:`pipeline.PRECISE_BN_STREAM` (the same
-    composites at every evaluation, none taken from the training stream)
-    and are rendered as the train step renders them.
+    training subjects through :data:`pipeline.PRECISE_BN_STREAM` (none taken
+    from the training stream) and are rendered as the train step renders
+    them, once.
     """
     num_batches = int(config.train.get("precise_bn_batches", 0))
     if num_batches < 0:
@@ -563,13 +565,16 @@ def make_bn_recalibration(model: Any, config: ml_collections.ConfigDict, data: p
         return None
     if data.train_batches is None:
         raise ValueError("train.precise_bn_batches needs the data's batch maker (Datasets.train_batches)")
-    host_batches = [data.train_batches(i, stream=pipeline.PRECISE_BN_STREAM) for i in range(num_batches)]
+    # Rendered once and kept on the device: every evaluation sees the same
+    # composites, and none is copied or rendered again.
     render_images = jax.jit(lambda batch: render(batch, None)["image"])
+    images = [
+        render_images(sharding.host_to_global(data.train_batches(i, stream=pipeline.PRECISE_BN_STREAM), mesh)) for i in range(num_batches)
+    ]
     statistics = precise_bn.make_batch_statistics_fn(model, config)
     repl = sharding.replicated(mesh)
 
     def recalibrate(state: TrainState) -> Any:
-        images = (render_images(sharding.host_to_global(b, mesh)) for b in host_batches)
         stats = precise_bn.average_batch_stats(statistics, state.params, state.batch_stats, images)
         return jax.device_put(stats, jax.tree.map(lambda _: repl, stats))
 

@@ -24,6 +24,15 @@ def test_pixel_auc_by_hand():
     assert np.isnan(diagnostics.pixel_auc([0.1, 0.2], [1, 1]))
 
 
+def test_per_image_aucs_at_once_equal_one_at_a_time():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, size=(6, 40)).astype(float)  # many ties
+    positive = rng.random((6, 40)) < 0.3
+    positive[:, 0], positive[:, 1] = True, False
+    want = [diagnostics.pixel_auc(s, p) for s, p in zip(scores, positive)]
+    np.testing.assert_allclose(diagnostics._per_row_auc(scores, positive), want, rtol=1e-12)
+
+
 def test_attention_on_face_separates_a_face_map_from_a_blind_one():
     mask = np.zeros((2, 4, 4, 1), np.float32)
     mask[:, 1:3, 1:3] = 1.0
@@ -149,4 +158,7 @@ def test_diagnostics_script_on_a_short_run_writes_every_table_and_resumes(tmp_pa
     # A second invocation keeps the diagnosed fold instead of recomputing it.
     monkeypatch.setattr(script, "diagnose_fold", lambda *a, **k: pytest.fail("recomputed a finished fold"))
     assert script.main(argv) == 0
+    assert json.loads((out / "diagnostics.json").read_text())["methods"]["ferattention"]["0"] == row
+    # --redo of another method (no runs here) leaves this method's rows alone.
+    assert script.main(argv + ["--redo", "--methods", "preactresnet18"]) == 0
     assert json.loads((out / "diagnostics.json").read_text())["methods"]["ferattention"]["0"] == row

@@ -519,3 +519,13 @@ def test_every_loss_jits_and_matches_eager():
         # The total is differentiable w.r.t. the model outputs.
         grads = jax.grad(lambda o, fn=fn: fn(o, batch, key)["total"])(outputs)
         assert np.all(np.isfinite(np.asarray(grads["logits"])))
+
+
+def test_term_weights_name_every_term_of_a_variant_with_the_reference_norm_weight():
+    for variant, terms in L.VARIANT_TERMS.items():
+        assert tuple(L.term_weights(variant)) == terms
+    assert L.term_weights("attention_gmm_stn")["embedding_norm"] == 1e-4
+    assert L.term_weights("attention_gmm")["embedding_norm"] == 0.0
+    assert L.term_weights("attention", reconstruction_weight=0.5) == {"cross_entropy": 1.0, "reconstruction": 0.5}
+    with pytest.raises(ValueError, match="unknown variant"):
+        L.term_weights("nope")
