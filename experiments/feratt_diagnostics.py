@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         report["methods"].setdefault(method, {})
         for k, d in finished:
             if str(k) in report["methods"][method] and not args.redo:
+                print(f"{method} fold {k}: kept from {previous} (--redo recomputes it)", flush=True)
                 continue
             t0 = time.perf_counter()
             row = diagnose_fold(method, d, out if k == 0 else None, args.bn_batches)

@@ -20,8 +20,11 @@ from feratt_jax.cli import main
 
 # The shared run trains the full-size FERAtt model (45M parameters), so the
 # module belongs with the other full-size tests: run by the README command,
-# skipped by the fast (-m "not slow") pass.
-pytestmark = pytest.mark.slow
+# skipped by the fast (-m "not slow") pass. Under `--dist loadgroup` the whole
+# module runs on one xdist worker: its module-scoped runs are then trained
+# once, not once per worker, and two workers never train the full model at
+# the same time (each takes ~12 GB of the CI machine's 24 GB while compiling).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cli_commands")]
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "experiments" / "configs"
