@@ -2,8 +2,10 @@
 
 One FERAtt+Rep+Cls run (``ferattentiongmm.py:tiny``: it has both an embedding
 for ``represent`` and an attention map for ``predict``) is trained once per
-module through ``feratt train``; every other command then runs on it in
-process through :func:`feratt_jax.cli.main`. ``kfold`` uses the cheap
+test session through ``python -m feratt_jax.cli train`` in a child process
+(``child_runs``: the full model compiled for conftest's eight devices needs
+12-15 GB, too much for two xdist workers at once); every other command then
+runs on a copy of it in process through :func:`feratt_jax.cli.main`. ``kfold`` uses the cheap
 PreActResNet18 tiny config with one step per fold.
 """
 
@@ -20,11 +22,8 @@ from feratt_jax.cli import main
 
 # The shared run trains the full-size FERAtt model (45M parameters), so the
 # module belongs with the other full-size tests: run by the README command,
-# skipped by the fast (-m "not slow") pass. Under `--dist loadgroup` the whole
-# module runs on one xdist worker: its module-scoped runs are then trained
-# once, not once per worker, and two workers never train the full model at
-# the same time (each takes ~12 GB of the CI machine's 24 GB while compiling).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cli_commands")]
+# skipped by the fast (-m "not slow") pass.
+pytestmark = pytest.mark.slow
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "experiments" / "configs"
@@ -55,22 +54,13 @@ def cache_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, cache_dir) -> pathlib.Path:
-    """A ferattentiongmm:tiny workdir trained once through ``feratt train``."""
-    workdir = tmp_path_factory.mktemp("cli_runs") / "gmm"
-    rc = main(
-        [
-            "train",
-            "--config",
-            GMM_TINY,
-            "--workdir",
-            str(workdir),
-            f"--config.data.cache_dir={cache_dir}",
-            "--config.data.loader=numpy",
-            "--config.train.num_steps=1",
-        ]
-    )
-    assert rc == 0
+def trained(tmp_path_factory) -> pathlib.Path:
+    """A ferattentiongmm:tiny workdir trained through the ``feratt train`` command line, this module's own copy."""
+    from child_runs import shared_basetemp, trained_once
+
+    cache = shared_basetemp(tmp_path_factory) / "shared_runs" / "facebank_cache"
+    args = ["--config", GMM_TINY, f"--config.data.cache_dir={cache}", "--config.data.loader=numpy", "--config.train.num_steps=1"]
+    workdir = trained_once(tmp_path_factory, "ferattentiongmm_tiny", args, tmp_path_factory.mktemp("cli_runs") / "gmm")
     assert (workdir / "eval" / "metrics.json").is_file()
     return workdir
 

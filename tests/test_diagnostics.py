@@ -125,28 +125,12 @@ def test_loss_term_gradients_match_direct_gradients(small_feratt):
     assert report["norms"]["cross_entropy"]["attention"] == pytest.approx(want, rel=1e-4)
 
 
-def _run(args: list[str]) -> str:
-    """Run a command in a child process on one CPU device; return its stdout.
-
-    A child process rather than this worker: compiling the FERAtt train,
-    eval and gradient programs for the eight fake devices of conftest took
-    this worker to 12.8 GB, and with the other xdist worker busy on a
-    full-size model the 24 GB CI machine killed it. On one device the
-    child stays near 5 GB and gives everything back when it exits.
-    """
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{args[:2]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
-
-
 @pytest.mark.slow
 def test_diagnostics_script_on_a_short_run_writes_every_table_and_resumes(tmp_path):
+    """The script as users run it, on a 2-step run; both in child processes (see child_runs)."""
     import json
+
+    from child_runs import run_on_one_cpu_device
 
     workdir = tmp_path / "runs" / "ferattention" / "fold_0"
     overrides = {
@@ -161,11 +145,11 @@ def test_diagnostics_script_on_a_short_run_writes_every_table_and_resumes(tmp_pa
         "model.input_standardization": True,
     }
     config = f"{REPO / 'experiments' / 'configs' / 'ferattention.py'}:tiny"
-    _run(["-m", "feratt_jax.cli", "train", "--config", config, "--workdir", str(workdir), *(f"--config.{k}={v}" for k, v in overrides.items())])
+    run_on_one_cpu_device(["-m", "feratt_jax.cli", "train", "--config", config, "--workdir", str(workdir), *(f"--config.{k}={v}" for k, v in overrides.items())])
 
     out = tmp_path / "out"
     script = [str(REPO / "experiments" / "feratt_diagnostics.py"), "--workdir", str(tmp_path / "runs"), "--out", str(out), "--bn-batches", "2"]
-    log = _run(script)
+    log = run_on_one_cpu_device(script)
     assert "preactresnet18: no finished fold" in log  # methods without runs are skipped, by name
     report = json.loads((out / "diagnostics.json").read_text())
     assert list(report["methods"]) == ["ferattention"]
@@ -181,10 +165,10 @@ def test_diagnostics_script_on_a_short_run_writes_every_table_and_resumes(tmp_pa
     png_written = png.stat().st_mtime_ns
 
     # A second invocation keeps the diagnosed fold instead of recomputing it.
-    log = _run(script)
+    log = run_on_one_cpu_device(script)
     assert "ferattention fold 0: kept from" in log, log
     assert json.loads((out / "diagnostics.json").read_text())["methods"]["ferattention"]["0"] == row
     assert png.stat().st_mtime_ns == png_written, "the fold was recomputed (its attention PNG was rewritten)"
     # --redo of another method (no runs here) leaves this method's rows alone.
-    _run(script + ["--redo", "--methods", "preactresnet18"])
+    run_on_one_cpu_device(script + ["--redo", "--methods", "preactresnet18"])
     assert json.loads((out / "diagnostics.json").read_text())["methods"]["ferattention"]["0"] == row
