@@ -52,16 +52,12 @@ def _batches(n: int, size: int):
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def training_images(data, count: int) -> list[np.ndarray]:
-    """The trainer's precise-BN batches (training subjects, their own stream), rendered as in training."""
-    from feratt_jax.data.pipeline import PRECISE_BN_STREAM, render_train_batch
+def bn_report(run, fns: dict, test: dict[str, np.ndarray]) -> dict[str, float]:
+    """Test accuracy of ``run``'s weights under three sources of BatchNorm statistics.
 
-    return [np.asarray(render_train_batch(data.train_batches(i, stream=PRECISE_BN_STREAM), data.render_config)["image"]) for i in range(count)]
-
-
-def bn_report(run, fns: dict, test: dict[str, np.ndarray], train_images: list[np.ndarray]) -> dict[str, float]:
-    """Test accuracy of ``run``'s weights under three sources of BatchNorm statistics."""
-    from feratt_jax import precise_bn
+    ``fns["recalibrate"]`` is the trainer's precise-BN re-estimation
+    (:func:`feratt_jax.train.make_bn_recalibration`).
+    """
     from feratt_jax.train import TrainState, predict_dataset
 
     params, running = run.state.params, run.state.batch_stats
@@ -72,7 +68,7 @@ def bn_report(run, fns: dict, test: dict[str, np.ndarray], train_images: list[np
         state = TrainState(step=run.state.step, params=params, batch_stats=stats, opt_state=None)
         return _accuracy(predict_dataset(run.eval_step, state, test, batch, run.mesh, keep=("logits",))["logits"], labels)
 
-    precise = precise_bn.average_batch_stats(fns["batch_statistics"], params, running, train_images)
+    precise = fns["recalibrate"](run.state)
     train_mode = np.concatenate([np.asarray(fns["train_mode_logits"](params, running, test["image"][s])) for s in _batches(len(labels), batch)])
     return {
         "step": run.step,
@@ -87,8 +83,7 @@ def feratt_report(run, fns: dict, init_variables, test: dict[str, np.ndarray], d
     import jax
 
     from feratt_jax import diagnostics
-    from feratt_jax.data.pipeline import render_train_batch
-    from feratt_jax.train import TrainState, predict_dataset
+    from feratt_jax.train import TrainState, make_render, predict_dataset
 
     keep = ("logits", "reconstruction", "attention")
     batch = int(run.config.train.eval_batch_size)
@@ -104,8 +99,9 @@ def feratt_report(run, fns: dict, init_variables, test: dict[str, np.ndarray], d
     head["reconstruction"] = _accuracy(out["logits"], test["label"])
 
     # The first GRADIENT_BATCHES batches of the training stream (the same ones for every run of a fold).
+    render = make_render(data)
     grads = [
-        fns["loss_term_gradients"](params, stats, render_train_batch(data.train_batches(i), data.render_config), jax.random.key(rng_seed + i))
+        fns["loss_term_gradients"](params, stats, render(data.train_batches(i), None), jax.random.key(rng_seed + i))
         for i in range(GRADIENT_BATCHES)
     ]
     terms = list(grads[0]["norms"])
@@ -128,25 +124,28 @@ def feratt_report(run, fns: dict, init_variables, test: dict[str, np.ndarray], d
 
 def diagnose_fold(method: str, workdir: pathlib.Path, out: pathlib.Path | None, bn_batches: int) -> dict[str, Any]:
     import jax
+    import ml_collections
 
-    from feratt_jax import diagnostics, precise_bn
+    from feratt_jax import diagnostics
     from feratt_jax.evaluate import LoadedRun, attention_grid
-    from feratt_jax.train import build_training, make_inputs
+    from feratt_jax.train import build_training, make_bn_recalibration, make_inputs, make_render
 
     best = LoadedRun(workdir, which="best")
     latest = LoadedRun(workdir, which="latest")
     data = make_inputs(best.config)
     test = data.test
-    train_images = training_images(data, bn_batches)
+    # The trainer's own precise BN (same batches, rendered the same way), with --bn-batches batches.
+    bn_config = ml_collections.ConfigDict(best.config.to_dict())
+    bn_config.train.precise_bn_batches = bn_batches
     fns = {
-        "batch_statistics": precise_bn.make_batch_statistics_fn(best.model, best.config),
+        "recalibrate": make_bn_recalibration(best.model, bn_config, data, make_render(data), best.mesh),
         "train_mode_logits": diagnostics.make_train_mode_logits_fn(best.model, best.config),
     }
     row: dict[str, Any] = {
         "workdir": str(workdir),
         "recorded_test_accuracy": json.loads((workdir / "eval" / "metrics.json").read_text())["test"]["accuracy"],
-        "best": bn_report(best, fns, test, train_images),
-        "latest": bn_report(latest, fns, test, train_images) if latest.step != best.step else None,
+        "best": bn_report(best, fns, test),
+        "latest": bn_report(latest, fns, test) if latest.step != best.step else None,
     }
     if method.startswith("ferattention"):
         fns["classifier"] = diagnostics.make_classifier_fn(best.config.model)

@@ -132,17 +132,21 @@ def attention_on_face(attention_BHWC: np.ndarray, mask_BHW1: np.ndarray) -> dict
     total = att_BHW.var()
     return {
         "auc": float(np.mean(_per_row_auc(att_BN, face_BN))),
-        "template_auc": float(np.mean(_per_row_auc(np.broadcast_to(template_N, att_BN.shape), face_BN))),
+        "template_auc": float(np.mean(_per_row_auc(template_N, face_BN))),
         "face_to_background": float(np.mean(face_mean / np.maximum(background_mean, 1e-12))),
         "across_image_variance": float(att_BHW.var(axis=0).mean() / total) if total > 0 else float("nan"),
     }
 
 
 def _per_row_auc(scores_BN: np.ndarray, positive_BN: np.ndarray) -> np.ndarray:
-    """:func:`pixel_auc` of every row at once (each row must hold both classes)."""
+    """:func:`pixel_auc` of every row at once (each row must hold both classes).
+
+    ``scores`` may be one row (N,) scored against every row of ``positive``:
+    it is then ranked once.
+    """
     from scipy.stats import rankdata
 
-    ranks = rankdata(scores_BN, axis=1)
+    ranks = rankdata(scores_BN, axis=-1)
     n_pos = positive_BN.sum(axis=1)
     n_neg = positive_BN.shape[1] - n_pos
     return ((ranks * positive_BN).sum(axis=1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)

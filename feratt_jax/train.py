@@ -412,14 +412,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     # --------------------------------------------------------------- input
     data = make_inputs(config, process_index=jax.process_index(), process_count=jax.process_count())
     train_iter = data.train
-    render_config = data.render_config
-
-    def render(batch, rng):
-        # Per-sample render keys come from seeds drawn by the (checkpointed)
-        # host iterator, so the composite of a given step is reproducible on
-        # resume; ``rng`` (fold_in of the step) drives dropout and mixup only.
-        del rng
-        return pipeline.render_train_batch(batch, render_config)
+    render = make_render(data)
 
     # ----------------------------------------------- model and optimizer
     model, tx, schedule, init_state = build_training(config, data.config.image_size)
@@ -548,6 +541,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     writer.close()
     checkpointer.close()
     return summary
+
+
+def make_render(data: pipeline.Datasets) -> Callable[[Mapping[str, Any], jax.Array], dict[str, jax.Array]]:
+    """The train step's ``render(batch, rng)``: a host batch to its composites, on the device.
+
+    Per-sample render keys come from seeds drawn by the (checkpointed) host
+    iterator, so the composite of a given step is reproducible on resume;
+    ``rng`` (fold_in of the step) drives dropout and mixup only.
+    """
+    render_config = data.render_config
+    return lambda batch, rng: pipeline.render_train_batch(batch, render_config)
 
 
 def make_bn_recalibration(model: Any, config: ml_collections.ConfigDict, data: pipeline.Datasets, render: Callable, mesh: Any):

@@ -4,7 +4,7 @@ conftest gives every test process eight fake CPU devices, and compiling the
 full-size FERAtt train step for them takes a test process to 12-15 GB. Two
 xdist workers doing that at once do not fit the 24 GB CI machine (a worker
 was OOM-killed, and once the whole run hung). A child process on one device
-peaks near 4-5 GB and returns all of it when it exits.
+stays under 6 GB and returns all of it when it exits.
 """
 
 from __future__ import annotations

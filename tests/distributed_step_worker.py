@@ -34,9 +34,8 @@ data = train_lib.make_inputs(config, process_index=jax.process_index(), process_
 model, tx, schedule, init_state = train_lib.build_training(config, data.config.image_size)
 _, shardings = train_lib.abstract_train_state(init_state, mesh)
 state = jax.jit(init_state, out_shardings=shardings)()
-render_config = data.render_config
 step = jax.jit(
-    train_lib.make_train_step(model, tx, schedule, lambda b, r: train_lib.pipeline.render_train_batch(b, render_config), config),
+    train_lib.make_train_step(model, tx, schedule, train_lib.make_render(data), config),
     in_shardings=(shardings, sharding.data_sharded(mesh)),
     out_shardings=(shardings, sharding.replicated(mesh)),
 )

@@ -31,6 +31,9 @@ def test_per_image_aucs_at_once_equal_one_at_a_time():
     positive[:, 0], positive[:, 1] = True, False
     want = [diagnostics.pixel_auc(s, p) for s, p in zip(scores, positive)]
     np.testing.assert_allclose(diagnostics._per_row_auc(scores, positive), want, rtol=1e-12)
+    # One score row against every mask row (the fixed-template AUC).
+    want = [diagnostics.pixel_auc(scores[0], p) for p in positive]
+    np.testing.assert_allclose(diagnostics._per_row_auc(scores[0], positive), want, rtol=1e-12)
 
 
 def test_attention_on_face_separates_a_face_map_from_a_blind_one():

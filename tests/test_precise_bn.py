@@ -96,7 +96,7 @@ def test_trainer_option_changes_the_statistics_and_nothing_else(cache_dir, tmp_p
     # The evaluated (and saved) statistics are the re-estimated ones of the final weights.
     data = train_lib.make_inputs(precise)
     model, *_ = train_lib.build_training(precise, data.config.image_size)
-    recalibrate = train_lib.make_bn_recalibration(model, precise, data, lambda batch, rng: train_lib.pipeline.render_train_batch(batch, data.render_config), train_lib.sharding.make_mesh())
+    recalibrate = train_lib.make_bn_recalibration(model, precise, data, train_lib.make_render(data), train_lib.sharding.make_mesh())
     want = jax.device_get(recalibrate(b))
     for x, y in zip(jax.tree.leaves(b.batch_stats), jax.tree.leaves(want)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
