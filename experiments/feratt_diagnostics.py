@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         # Folds diagnosed by an earlier invocation of the same runs and BN batch count are
         # kept; --redo recomputes only the chosen methods' folds.
         old = json.loads(previous.read_text())
-        if old.get("bn_batches") == args.bn_batches and old.get("workdir", str(root)) == str(root):
+        if old.get("bn_batches") == args.bn_batches and old.get("workdir") == str(root):
             report["methods"] = old["methods"]
     for method in args.methods:
         finished = sorted(
