@@ -460,11 +460,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         writer.scalars(step, {k: report[k] for k in ("accuracy", "macro_precision", "macro_recall", "reference_f1", "macro_f1")}, prefix="val/")
         if report["accuracy"] > best_val_accuracy:
             best_val_accuracy = report["accuracy"]
-            checkpointer.save_best(step, state, train_iter.get_state(), meta())
+            checkpointer.save_best(step, state, next_position, meta())
         return report["accuracy"]
 
     progress = _progress(start_step, tc.num_steps, enabled=is_main)
     with stop.installed():
+        # Checkpoints record the input position of the batch the *next* step
+        # consumes, taken before that batch is prefetched: the iterator's own
+        # state is one batch ahead then, and a run resumed from it would skip
+        # a batch.
+        next_position = train_iter.get_state()
         host_batch = next(train_iter) if start_step < tc.num_steps else None
         step = start_step
         while step < tc.num_steps:
@@ -473,6 +478,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             state, metrics = train_step(state, global_batch)
             # Prepare the next host batch while the device computes this step.
             t_data = time.perf_counter()
+            next_position = train_iter.get_state()
             host_batch = next(train_iter) if step + 1 < tc.num_steps else None
             data_s = time.perf_counter() - t_data
             metrics = jax.device_get(metrics)  # blocks on this step
@@ -509,7 +515,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                     timer.precise_bn_s += time.perf_counter() - t_bn
                 run_eval(step)
             if step % tc.checkpoint_every == 0 or step == tc.num_steps or stop:
-                checkpointer.save(step, state, train_iter.get_state(), meta(), force=True)
+                checkpointer.save(step, state, next_position, meta(), force=True)
                 last_saved = step
             if stop:
                 break
