@@ -149,3 +149,15 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(moment, reference, sh
     assert f"at step {resumes_from}" in out, out[-2000:]
     assert tmp_checkpoints(workdir) == []
     assert_same_run(workdir, reference)
+
+
+def test_eval_reads_a_workdir_while_a_trainer_holds_it(reference):
+    """The lock keeps out a second trainer only: evaluation reads the held workdir and matches the run's own summary."""
+    from feratt_jax.evaluate import evaluate_run
+    from feratt_jax.workdir_lock import exclusive_writer
+
+    summary = json.loads((reference / "eval" / "metrics.json").read_text())  # evaluate_run rewrites it
+    with exclusive_writer(reference):
+        report = evaluate_run(reference, split="test")
+    assert report["accuracy"] == summary["test"]["accuracy"]
+    assert report["confusion_matrix"] == summary["test"]["confusion_matrix"]
