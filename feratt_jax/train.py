@@ -427,7 +427,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         return _train_and_evaluate(config, workdir)
     with workdir_lock.exclusive_writer(workdir):
         if Checkpointer.has_checkpoints(workdir) and (workdir / "config.json").is_file():
-            validation.check_resume(json.loads((workdir / "config.json").read_text()), config, workdir)
+            stored = json.loads((workdir / "config.json").read_text())
+            validation.check_resume(stored, config, workdir)
+            if config.optimizer.schedule == "cosine" and stored.get("train", {}).get("num_steps") != config.train.num_steps:
+                print(f"warning: train.num_steps changed on resume; the cosine schedule now decays over {config.train.num_steps} steps", flush=True)
         _write_json(workdir / "config.json", config.to_dict())
         return _train_and_evaluate(config, workdir)
 
