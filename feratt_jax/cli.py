@@ -7,6 +7,7 @@ to the code they drive, so this file only wires them together.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from typing import Sequence
@@ -122,19 +123,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     apply_fast_cpu_flags()
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(join_config_overrides(sys.argv[1:] if argv is None else list(argv)))
     overrides = [a for a in extra if a.startswith("--config.")]
     unknown = [a for a in extra if not a.startswith("--config.")]
     if unknown or (overrides and not getattr(args, "accepts_overrides", False)):
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
     args.overrides = overrides
+    from feratt_jax.workdir_lock import WorkdirBusyError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        # User errors (bad names, missing files, a missing optional extra):
-        # one clear line, no traceback.
+    except (ValueError, FileNotFoundError, ImportError, WorkdirBusyError) as err:
+        # User errors (bad names, missing files, a missing optional extra,
+        # a workdir another trainer holds): one clear line, no traceback.
         print(f"feratt {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        print(f"feratt {args.command}: error: {err.strerror}", file=sys.stderr)
+        return 1
+
+
+def join_config_overrides(argv: list[str]) -> list[str]:
+    """``--config.a.b VALUE`` -> ``--config.a.b=VALUE`` (absl's spaced form), other arguments unchanged."""
+    joined: list[str] = []
+    i = 0
+    while i < len(argv):
+        item = argv[i]
+        if item.startswith("--config.") and "=" not in item and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            joined.append(f"{item}={argv[i + 1]}")
+            i += 2
+            continue
+        joined.append(item)
+        i += 1
+    return joined
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ plain values from the ConfigDict; nothing below imports the trainer.
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib.util
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import ml_collections
 
@@ -249,20 +250,39 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     return config
 
 
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; ``data.render``/``data.generator`` (override mappings) stay leaves."""
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, (Mapping, ml_collections.ConfigDict)) and k not in ("render", "generator"):
+            flat.update(flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def unknown_field_message(key: str, known: Sequence[str]) -> str:
+    """``unknown config field 'x'``, with difflib's closest known names."""
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"unknown config field {key!r}{hint}"
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
     """Apply ``--config.a.b=value`` (or ``a.b=value``) strings in place."""
     for item in overrides:
         key, sep, raw = item.removeprefix("--").removeprefix("config.").partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} is not of the form --config.key=value")
+            raise ValueError(f"override {item!r} is not of the form --config.key=value (or --config.key value)")
         parent = config
         *path, leaf = key.split(".")
         for part in path:
-            if part not in parent:
-                raise ValueError(f"unknown config field {key!r} (no {part!r})")
+            if part not in parent or not isinstance(parent[part], ml_collections.ConfigDict):
+                raise ValueError(unknown_field_message(key, list(flatten(config.to_dict()))))
             parent = parent[part]
         if leaf not in parent:
-            raise ValueError(f"unknown config field {key!r}")
+            raise ValueError(unknown_field_message(key, list(flatten(config.to_dict()))))
         parent[leaf] = _coerce(raw, parent[leaf], key)
 
 

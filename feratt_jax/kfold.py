@@ -46,21 +46,13 @@ _IGNORED_FIELDS = {
     "train.log_every",
     "train.image_log_every",
 }
-# Fields added after runs existed, with the value that reproduces the older
-# behaviour: a fold whose config.json predates a field counts as having it.
-_DEFAULTS_OF_NEWER_FIELDS = {
-    "train.precise_bn_batches": 0,
-    "model.baseline_width": 0,
-}
 
 
 def supported_folds(config: ml_collections.ConfigDict) -> int:
-    """How many folds ``config.data`` defines (``data.num_folds``, or subjects // subjects per fold)."""
-    from feratt_jax.data.splits import num_folds_for
+    """How many folds ``config.data`` defines (see :func:`feratt_jax.validation.supported_folds`)."""
+    from feratt_jax import validation
 
-    max_folds = num_folds_for(int(config.data.num_subjects), int(config.data.subjects_per_fold))
-    configured = int(config.data.get("num_folds", 0) or 0)
-    return min(configured, max_folds) if configured > 0 else max_folds
+    return validation.supported_folds(config)
 
 
 def check_folds(config: ml_collections.ConfigDict, folds: int) -> None:
@@ -85,23 +77,15 @@ def fold_config(config: ml_collections.ConfigDict, fold: int) -> ml_collections.
     return c
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            flat.update(_flatten(v, key + "."))
-        else:
-            flat[key] = v
-    return flat
-
-
 def _config_differences(stored: dict[str, Any], wanted: ml_collections.ConfigDict) -> list[str]:
-    """Fields (outside :data:`_IGNORED_FIELDS`) where a fold's stored config differs."""
-    # A JSON round trip puts both sides in the same form (tuples become lists).
-    a = {**_DEFAULTS_OF_NEWER_FIELDS, **_flatten(stored)}
-    b = _flatten(json.loads(json.dumps(wanted.to_dict())))
-    return sorted(k for k in set(a) | set(b) if k not in _IGNORED_FIELDS and a.get(k) != b.get(k))
+    """Fields (outside :data:`_IGNORED_FIELDS`) where a fold's stored config differs.
+
+    A stored config that predates a newer field counts as having the value that
+    reproduces the older behaviour (:data:`feratt_jax.validation.DEFAULTS_OF_NEWER_FIELDS`).
+    """
+    from feratt_jax import validation
+
+    return validation.config_differences(stored, wanted, _IGNORED_FIELDS)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -261,8 +245,11 @@ def run_kfold_command(args: argparse.Namespace) -> int:
     """Handler of ``feratt kfold``."""
     from feratt_jax import configs
 
+    from feratt_jax import validation
+
     config = configs.load_config(args.config, args.overrides)
     check_folds(config, args.folds)  # before any multi-host rendezvous
+    validation.validate(fold_config(config, 0))
     if args.distributed or config.train.distributed:
         import jax
 

@@ -24,7 +24,8 @@ class MetricWriter:
             return
         workdir = pathlib.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
+        self._jsonl_path = workdir / "metrics.jsonl"
+        self._jsonl = open(self._jsonl_path, "a", encoding="utf-8")
         from tensorboardX import SummaryWriter
 
         self._tb = SummaryWriter(str(workdir / "tensorboard"))
@@ -36,8 +37,11 @@ class MetricWriter:
         for key, value in clean.items():
             self._tb.add_scalar(key, value, step)
         record = {"step": int(step), **{k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()}}
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        try:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        except OSError as err:  # name the file: a full disk's OSError carries no path
+            raise OSError(err.errno, f"{err.strerror} writing {self._jsonl_path}", str(self._jsonl_path)) from err
 
     def images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         """``images``: name -> (N, H, W, C) float in [0, 1] (or (N, H, W))."""

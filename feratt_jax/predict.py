@@ -78,7 +78,10 @@ def read_image(path: str | pathlib.Path) -> np.ndarray:
     try:
         img = io.imread(str(path))
     except Exception as err:  # imageio/PIL raise many kinds for a corrupt file
-        raise ValueError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
+        # Only the first line: imageio appends plugin install hints that do not
+        # help with a file that is simply not an image.
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"cannot decode {path} as an image (unsupported format or corrupt: {reason})") from err
     img = np.asarray(img)
     if img.ndim == 3 and img.shape[-1] == 4:
         img = img[..., :3]  # drop alpha

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ import optax
 
 from feratt_jax import losses as losses_lib
 from feratt_jax import metrics as metrics_lib
-from feratt_jax import precise_bn, sharding
+from feratt_jax import precise_bn, sharding, validation, workdir_lock
 from feratt_jax.checkpointing import Checkpointer, abstract_like
 from feratt_jax.data import pipeline
 from feratt_jax.metric_writer import MetricWriter
@@ -369,8 +370,31 @@ def _write_json(path: pathlib.Path, payload: Any) -> None:
     """Write JSON atomically: a crash never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    try:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    except OSError as err:  # name the file: a full disk's OSError carries no path
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, f"{err.strerror} writing {path}", str(path)) from err
     tmp.replace(path)
+
+
+@contextlib.contextmanager
+def _full_disk_stops_the_run(checkpointer: Checkpointer, current_step: Callable[[], int], progress: Any):
+    """A full disk (ENOSPC from a checkpoint or metrics write) stops the run with one line naming the file."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        progress.close()
+        checkpointer.abandon()
+        committed = checkpointer.committed_steps()
+        kept = f"the checkpoint at step {committed[-1]} is intact" if committed else "no checkpoint was committed yet"
+        raise OSError(
+            errno.ENOSPC,
+            f"{err.strerror}: training stopped at step {current_step()}; {kept}. Free space and rerun the same command to resume",
+            err.filename,
+        ) from err
 
 
 def _check_finite(metrics: Mapping[str, float], step: int, last_checkpoint: int | None) -> None:
@@ -396,11 +420,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     Returns the final summary (also written to ``workdir/eval/metrics.json``):
     validation and test metrics of the best checkpoint, and timings.
     """
+    # Every check before any work, and before anything is written to the workdir.
+    validation.validate(config, device_count=jax.device_count())
     workdir = pathlib.Path(workdir)
+    if jax.process_index() != 0:  # process 0 holds the lock for the run
+        return _train_and_evaluate(config, workdir)
+    with workdir_lock.exclusive_writer(workdir):
+        if Checkpointer.has_checkpoints(workdir) and (workdir / "config.json").is_file():
+            stored = json.loads((workdir / "config.json").read_text())
+            validation.check_resume(stored, config, workdir)
+            if config.optimizer.schedule == "cosine" and stored.get("train", {}).get("num_steps") != config.train.num_steps:
+                print(f"warning: train.num_steps changed on resume; the cosine schedule now decays over {config.train.num_steps} steps", flush=True)
+        _write_json(workdir / "config.json", config.to_dict())
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
-    if is_main:
-        _write_json(workdir / "config.json", config.to_dict())
 
     # ---------------------------------------------------------------- mesh
     mesh = sharding.make_mesh()
@@ -460,61 +497,68 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         writer.scalars(step, {k: report[k] for k in ("accuracy", "macro_precision", "macro_recall", "reference_f1", "macro_f1")}, prefix="val/")
         if report["accuracy"] > best_val_accuracy:
             best_val_accuracy = report["accuracy"]
-            checkpointer.save_best(step, state, train_iter.get_state(), meta())
+            checkpointer.save_best(step, state, next_position, meta())
         return report["accuracy"]
 
     progress = _progress(start_step, tc.num_steps, enabled=is_main)
-    with stop.installed():
-        host_batch = next(train_iter) if start_step < tc.num_steps else None
-        step = start_step
-        while step < tc.num_steps:
-            t0 = time.perf_counter()
-            global_batch = sharding.host_to_global(host_batch, mesh)
-            state, metrics = train_step(state, global_batch)
-            # Prepare the next host batch while the device computes this step.
-            t_data = time.perf_counter()
-            host_batch = next(train_iter) if step + 1 < tc.num_steps else None
-            data_s = time.perf_counter() - t_data
-            metrics = jax.device_get(metrics)  # blocks on this step
-            elapsed = time.perf_counter() - t0
-            step += 1
-            if compile_s is None:
-                compile_s = elapsed
-                writer.scalars(step, {"perf/first_step_s": compile_s})
-            else:
-                timer.data_s += data_s
-                timer.total_s += elapsed
-                timer.images += tc.batch_size
-            metrics = {k: float(v) for k, v in metrics.items()}
-            _check_finite(metrics, step, last_saved)
-            history.append(metrics)
-            progress.update(1)
+    step = start_step
+    with _full_disk_stops_the_run(checkpointer, lambda: step, progress):
+        with stop.installed():
+            # Checkpoints record the input position of the batch the *next* step
+            # consumes, taken before that batch is prefetched: the iterator's own
+            # state is one batch ahead then, and a run resumed from it would skip
+            # a batch.
+            next_position = train_iter.get_state()
+            host_batch = next(train_iter) if start_step < tc.num_steps else None
+            while step < tc.num_steps:
+                t0 = time.perf_counter()
+                global_batch = sharding.host_to_global(host_batch, mesh)
+                state, metrics = train_step(state, global_batch)
+                # Prepare the next host batch while the device computes this step.
+                t_data = time.perf_counter()
+                next_position = train_iter.get_state()
+                host_batch = next(train_iter) if step + 1 < tc.num_steps else None
+                data_s = time.perf_counter() - t_data
+                metrics = jax.device_get(metrics)  # blocks on this step
+                elapsed = time.perf_counter() - t0
+                step += 1
+                if compile_s is None:
+                    compile_s = elapsed
+                    writer.scalars(step, {"perf/first_step_s": compile_s})
+                else:
+                    timer.data_s += data_s
+                    timer.total_s += elapsed
+                    timer.images += tc.batch_size
+                metrics = {k: float(v) for k, v in metrics.items()}
+                _check_finite(metrics, step, last_saved)
+                history.append(metrics)
+                progress.update(1)
 
-            if step % tc.log_every == 0 or step == tc.num_steps:
-                means = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
-                history.clear()
-                if timer.total_s > 0:
-                    means["perf/images_per_s"] = timer.images / timer.total_s
-                    means["perf/data_wait_fraction"] = timer.data_s / timer.total_s
-                writer.scalars(step, means, prefix="train/")
-                progress.set_postfix(loss=f"{means['loss/total']:.3f}", acc=f"{means['accuracy']:.2f}")
-            if tc.image_log_every and step % tc.image_log_every == 0:
-                _log_images(writer, eval_step, state, data.val, step)
-            if step % tc.eval_every == 0 or step == tc.num_steps:
-                if recalibrate_bn is not None:
-                    # Training never reads the running averages, so replacing
-                    # them changes what evaluation (and the checkpoint) sees only.
-                    t_bn = time.perf_counter()
-                    state = state.replace(batch_stats=jax.block_until_ready(recalibrate_bn(state)))
-                    timer.precise_bn_s += time.perf_counter() - t_bn
-                run_eval(step)
-            if step % tc.checkpoint_every == 0 or step == tc.num_steps or stop:
-                checkpointer.save(step, state, train_iter.get_state(), meta(), force=True)
-                last_saved = step
-            if stop:
-                break
-    progress.close()
-    checkpointer.wait()
+                if step % tc.log_every == 0 or step == tc.num_steps:
+                    means = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+                    history.clear()
+                    if timer.total_s > 0:
+                        means["perf/images_per_s"] = timer.images / timer.total_s
+                        means["perf/data_wait_fraction"] = timer.data_s / timer.total_s
+                    writer.scalars(step, means, prefix="train/")
+                    progress.set_postfix(loss=f"{means['loss/total']:.3f}", acc=f"{means['accuracy']:.2f}")
+                if tc.image_log_every and step % tc.image_log_every == 0:
+                    _log_images(writer, eval_step, state, data.val, step)
+                if step % tc.eval_every == 0 or step == tc.num_steps:
+                    if recalibrate_bn is not None:
+                        # Training never reads the running averages, so replacing
+                        # them changes what evaluation (and the checkpoint) sees only.
+                        t_bn = time.perf_counter()
+                        state = state.replace(batch_stats=jax.block_until_ready(recalibrate_bn(state)))
+                        timer.precise_bn_s += time.perf_counter() - t_bn
+                    run_eval(step)
+                if step % tc.checkpoint_every == 0 or step == tc.num_steps or stop:
+                    checkpointer.save(step, state, next_position, meta(), force=True)
+                    last_saved = step
+                if stop:
+                    break
+        progress.close()
+        checkpointer.wait()
 
     if stop:
         print(f"received {stop.signal_name}: saved a checkpoint at step {step} in {workdir / 'checkpoints'}; exiting", flush=True)

@@ -19,10 +19,22 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run_on_one_cpu_device(args: list[str], timeout: float = 900) -> str:
+def one_cpu_device_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a child on one CPU device, plus ``extra``."""
+    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu", **(extra or {}))
+
+
+def start_on_one_cpu_device(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``python ARGS`` in the repo root on one CPU device; stdin/stdout are pipes, stderr is merged."""
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, env=one_cpu_device_env(env), stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def run_on_one_cpu_device(args: list[str], timeout: float = 900, env: dict[str, str] | None = None) -> str:
     """Run ``python ARGS`` in the repo root on one CPU device; return its stdout, fail the test on error."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=one_cpu_device_env(env), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"python {' '.join(args[:3])} ... exited with {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc.stdout
@@ -49,7 +61,9 @@ def shared_basetemp(tmp_path_factory) -> pathlib.Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
-def trained_once(tmp_path_factory, name: str, train_args: list[str], copy_to: pathlib.Path) -> pathlib.Path:
+def trained_once(
+    tmp_path_factory, name: str, train_args: list[str], copy_to: pathlib.Path, env: dict[str, str] | None = None
+) -> pathlib.Path:
     """``feratt train TRAIN_ARGS --workdir ...`` once per test session, copied to ``copy_to``.
 
     The first worker to ask trains (under a lock, in a child process); the
@@ -62,6 +76,6 @@ def trained_once(tmp_path_factory, name: str, train_args: list[str], copy_to: pa
     with _exclusive(root / f"{name}.lock"):
         if not (workdir / "eval" / "metrics.json").is_file():
             shutil.rmtree(workdir, ignore_errors=True)  # a run that died half-way
-            run_on_one_cpu_device(["-m", "feratt_jax.cli", "train", "--workdir", str(workdir), *train_args])
+            run_on_one_cpu_device(["-m", "feratt_jax.cli", "train", "--workdir", str(workdir), *train_args], env=env)
     shutil.copytree(workdir, copy_to)
     return copy_to

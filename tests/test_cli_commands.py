@@ -235,7 +235,7 @@ def test_predict_missing_file_is_a_clear_error(capsys, tmp_path):
 def test_predict_corrupt_image_is_a_clear_error(photos, capsys, tmp_path):
     assert main(["predict", str(photos["corrupt"]), "--workdir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "cannot read image" in err and str(photos["corrupt"]) in err
+    assert f"cannot decode {photos['corrupt']} as an image" in err
 
 
 # ---------------------------------------------------------------- kfold

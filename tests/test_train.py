@@ -174,6 +174,10 @@ def test_sigterm_finishes_the_step_saves_and_exits(cache_dir, tmp_path):
     assert result["signal"] == "SIGTERM"
     saved = Checkpointer(tmp_path).latest_step()
     assert saved == result["stopped_at_step"] >= 1
+    # The stop-on-signal checkpoint records the batch the next step consumes
+    # (step k consumes batch k - 1), not the one prefetched after it.
+    _, data_state = _params(tmp_path, config)
+    assert data_state == {"next_index": saved}
 
 
 def test_injected_nan_stops_with_the_term_name_and_keeps_the_checkpoint(cache_dir, tmp_path, monkeypatch):

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import re
 import tempfile
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
@@ -282,6 +282,13 @@ def _numpy_safe_globals() -> list[Any]:
     return [scalar, np.dtype, *types]
 
 
+def _holds_pickle(path: Path) -> bool:
+    """A zip archive (torch.save's format) or a pickle stream (protocol >= 2, the legacy format)."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return zipfile.is_zipfile(path) or head[:1] == b"\x80"
+
+
 def read_torch_checkpoint(path: str | os.PathLike[str], *, weights_only: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a reference checkpoint file.
 
@@ -309,15 +316,16 @@ def read_torch_checkpoint(path: str | os.PathLike[str], *, weights_only: bool = 
     try:
         with ctx:
             obj = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except pickle.UnpicklingError as err:
-        if weights_only and "weights only" in str(err).lower():
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, KeyError, EOFError, ... for damaged files
+        # Safe loading names the pickled class it refused ("Unsupported global");
+        # for bytes that are no pickle at all it fails too, and the advice to
+        # trust the file would only mislead.
+        if weights_only and _holds_pickle(path) and "Unsupported global" in str(err):
             raise CheckpointError(
                 f"{path} holds Python objects that safe (weights_only) loading refuses. If you trust the file, "
                 f"load it with weights_only=False (CLI: --trust-pickle). Details: {err}"
             ) from err
-        raise CheckpointError(f"corrupt or unreadable PyTorch checkpoint {path}: {err}") from err
-    except Exception as err:  # torch raises RuntimeError, EOFError, ... for damaged files
-        raise CheckpointError(f"corrupt or unreadable PyTorch checkpoint {path}: {type(err).__name__}: {err}") from err
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (or corrupt): {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}") from err
 
     if hasattr(obj, "state_dict") and callable(obj.state_dict):  # a pickled nn.Module (weights_only=False)
         obj = obj.state_dict()

@@ -1,0 +1,243 @@
+"""``validate(config)``: every field checked before any work, and what a resume may change.
+
+Field types come from :func:`feratt_jax.configs.base_config`'s defaults (and
+``feratt_jax.data.pipeline.DataConfig`` for ``data.*`` fields the base config
+does not list), so a field added there is type-checked without touching this
+file; only choices, ranges and cross-field rules are tables here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from typing import Any, Callable, Iterable, Mapping
+
+import ml_collections
+
+from feratt_jax import configs
+from feratt_jax.data import pipeline
+from feratt_jax.data.render import PRESETS
+from feratt_jax.data.splits import num_folds_for
+from feratt_jax.losses import VARIANT_TERMS
+from feratt_jax.models import FERATT_VARIANTS, LOSS_VARIANT, MODEL_NAMES
+from feratt_jax.models.feratt import BACKBONES
+
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "model.name": MODEL_NAMES,
+    "model.backbone": BACKBONES,
+    "model.compute_dtype": ("float32", "bfloat16"),
+    "loss.variant": tuple(VARIANT_TERMS),
+    "loss.mixup_label_mode": ("soft", "reference"),
+    "optimizer.name": ("adam",),
+    "optimizer.schedule": ("constant", "cosine"),
+    "data.mode": pipeline.MODES,
+    "data.split": pipeline.SPLITS,
+    "data.loader": pipeline.LOADERS,
+    "data.render_preset": tuple(PRESETS),
+    "data.eval_render_preset": tuple(PRESETS),
+}
+
+_AT_LEAST_0 = (">=", 0)
+_AT_LEAST_1 = (">=", 1)
+_POSITIVE = (">", 0)
+# (operator, bound) pairs each numeric field must satisfy.
+RANGES: dict[str, tuple[tuple[str, float], ...]] = {
+    "seed": (_AT_LEAST_0,),
+    "model.num_classes": (_AT_LEAST_1,),
+    "model.dim": (_AT_LEAST_1,),
+    "model.attention_channels": (_AT_LEAST_0,),
+    "model.num_filters": (_AT_LEAST_1,),
+    "model.backbone_width": (_AT_LEAST_1,),
+    "model.num_feature_blocks": (_AT_LEAST_0,),
+    "model.baseline_width": (_AT_LEAST_0,),
+    "model.input_size": (_AT_LEAST_0,),
+    "loss.sigma": (_POSITIVE,),
+    "loss.cross_entropy_weight": (_AT_LEAST_0,),
+    "loss.reconstruction_weight": (_AT_LEAST_0,),
+    "loss.stn_weight": (_AT_LEAST_0,),
+    "loss.gaussian_space_weight": (_AT_LEAST_0,),
+    "optimizer.learning_rate": (_POSITIVE,),
+    "optimizer.b1": (_AT_LEAST_0, ("<", 1)),
+    "optimizer.b2": (_AT_LEAST_0, ("<", 1)),
+    "optimizer.eps": (_POSITIVE,),
+    "optimizer.weight_decay": (_AT_LEAST_0,),
+    "optimizer.warmup_steps": (_AT_LEAST_0,),
+    "optimizer.grad_clip_norm": (_AT_LEAST_0,),
+    "data.fold": (_AT_LEAST_0,),
+    "data.num_folds": (_AT_LEAST_0,),
+    "data.val_subjects": ((">=", -1),),
+    "data.image_size": ((">=", 8),),
+    "train.batch_size": (_AT_LEAST_1,),
+    "train.num_steps": (_AT_LEAST_0,),
+    "train.log_every": (_AT_LEAST_1,),
+    "train.eval_every": (_AT_LEAST_1,),
+    "train.checkpoint_every": (_AT_LEAST_1,),
+    "train.keep_checkpoints": (_AT_LEAST_1,),
+    "train.image_log_every": (_AT_LEAST_0,),
+    "train.eval_batch_size": (_AT_LEAST_1,),
+    "train.precise_bn_batches": (_AT_LEAST_0,),
+}
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    ">=": lambda a, b: a >= b,
+    ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b,
+}
+
+# Options only some models read: a changed value elsewhere is a mistake, not a
+# no-op. (The FERAtt widths are not listed: the ``quick`` size narrows them in
+# every config, and the baselines ignore them by design.)
+MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
+    "model.backbone": tuple(FERATT_VARIANTS),
+    "model.attention_channels": tuple(FERATT_VARIANTS),
+    "model.baseline_width": ("preactresnet18",),
+}
+
+# What a resumed run may change: its length, and how often it logs, evaluates
+# and saves; plus plumbing that leaves the numbers alone.
+RESUMABLE_CHANGES = {
+    "train.num_steps",
+    "train.log_every",
+    "train.image_log_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.profile",
+    "train.distributed",
+    "train.init_from",  # read only when a run starts
+    "data.cache_dir",
+    "data.use_cache",
+    "data.bank_workers",
+    "data.loader",  # grain and numpy yield the same batches for the same state
+    "data.prefetch",
+}
+# Fields added after runs existed, with the value that reproduces the older
+# behaviour: a stored config that predates a field counts as having it.
+DEFAULTS_OF_NEWER_FIELDS = {
+    "train.precise_bn_batches": 0,
+    "model.baseline_width": 0,
+}
+
+
+def config_differences(stored: Mapping[str, Any], wanted: ml_collections.ConfigDict, ignored: Iterable[str]) -> list[str]:
+    """Fields (outside ``ignored``) where a stored ``config.json`` differs from ``wanted``."""
+    # A JSON round trip puts both sides in the same form (tuples become lists).
+    a = {**DEFAULTS_OF_NEWER_FIELDS, **configs.flatten(json.loads(json.dumps(dict(stored))))}
+    b = configs.flatten(json.loads(json.dumps(wanted.to_dict())))
+    ignored = set(ignored)
+    return sorted(k for k in set(a) | set(b) if k not in ignored and a.get(k) != b.get(k))
+
+
+def check_resume(stored: Mapping[str, Any], config: ml_collections.ConfigDict, workdir: Any) -> None:
+    """Raise unless ``config`` differs from a workdir's stored config only in :data:`RESUMABLE_CHANGES`."""
+    differ = config_differences(stored, config, RESUMABLE_CHANGES)
+    if differ:
+        a, b = configs.flatten(dict(stored)), configs.flatten(config.to_dict())
+        shown = ", ".join(f"{k} ({a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r})" for k in differ[:8])
+        raise ValueError(
+            f"{workdir} holds a run with a different config; resuming it may change only the run length and the "
+            f"logging/eval/checkpoint cadence, but these differ: {shown}. Use a new --workdir"
+        )
+
+
+def _expected_types() -> dict[str, type]:
+    """Field -> type of its default, over every model's base config and DataConfig."""
+    types: dict[str, type] = {}
+    for name in MODEL_NAMES:
+        for key, value in configs.flatten(configs.base_config(name).to_dict()).items():
+            types.setdefault(key, type(value))
+    for field in dataclasses.fields(pipeline.DataConfig):
+        if field.name not in ("batch_size", "num_classes"):
+            default = field.default
+            types.setdefault(f"data.{field.name}", dict if field.name in ("render", "generator") else type(default))
+    return types
+
+
+def _type_error(key: str, value: Any, expected: type) -> str | None:
+    if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return None
+    if expected is int and isinstance(value, bool):
+        return f"{key} must be an int, got {value!r}"
+    if expected is dict and isinstance(value, (Mapping, ml_collections.ConfigDict, tuple, list)):
+        return None
+    if isinstance(value, expected):
+        return None
+    return f"{key} must be {expected.__name__}, got {type(value).__name__} {value!r}"
+
+
+def supported_folds(config: ml_collections.ConfigDict) -> int:
+    """How many folds ``config.data`` defines (``data.num_folds``, or subjects // subjects per fold)."""
+    max_folds = num_folds_for(int(config.data.num_subjects), int(config.data.subjects_per_fold))
+    configured = int(config.data.get("num_folds", 0) or 0)
+    return min(configured, max_folds) if configured > 0 else max_folds
+
+
+def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None) -> None:
+    """Check every field and the cross-field rules; raise one ValueError listing every problem.
+
+    Args:
+      config: the experiment config.
+      device_count: devices the global batch is split over (None: skip that rule).
+    """
+    errors: list[str] = []
+    types = _expected_types()
+    flat = configs.flatten(config.to_dict())
+    for key, value in flat.items():
+        if key not in types:
+            errors.append(configs.unknown_field_message(key, list(types)))
+            continue
+        error = _type_error(key, value, types[key])
+        if error:
+            errors.append(error)
+    if errors:  # the rules below assume the right types
+        raise ValueError("config: " + "; ".join(errors))
+
+    for key, choices in CHOICES.items():
+        if key in flat and flat[key] not in choices:
+            close = difflib.get_close_matches(str(flat[key]), [str(c) for c in choices], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            errors.append(f"{key} must be one of {list(choices)}, got {flat[key]!r}{hint}")
+    for key, rules in RANGES.items():
+        for op, bound in rules:
+            if key in flat and not _COMPARE[op](flat[key], bound):
+                errors.append(f"{key} must be {op} {bound}, got {flat[key]!r}")
+    errors += _cross_field_errors(config, flat, device_count)
+    if errors:
+        raise ValueError("config: " + "; ".join(errors))
+
+
+def _cross_field_errors(config: ml_collections.ConfigDict, flat: Mapping[str, Any], device_count: int | None) -> list[str]:
+    errors: list[str] = []
+    name = flat["model.name"]
+    if name not in MODEL_NAMES:
+        return errors  # reported above
+    defaults = configs.flatten(configs.base_config(name).to_dict())
+    for key, models in MODEL_OPTIONS.items():
+        if key in flat and name not in models and flat[key] != defaults.get(key):
+            errors.append(f"{key}={flat[key]!r} applies only to {', '.join(models)}, not model.name={name!r}")
+    variant = flat["loss.variant"]
+    if variant in VARIANT_TERMS and variant != "classifier":
+        gmm, stn = FERATT_VARIANTS.get(name, (None, None))
+        if gmm is None or ("gmm" in variant and not gmm) or ("stn" in variant and not stn):
+            errors.append(f"loss.variant={variant!r} needs outputs model.name={name!r} does not produce (its own: {LOSS_VARIANT[name]!r})")
+    if device_count:
+        for key in ("train.batch_size", "train.eval_batch_size"):
+            if flat[key] % device_count:
+                errors.append(f"{key}={flat[key]} is not divisible by the {device_count} devices")
+    image_size, input_size = flat["data.image_size"], flat["model.input_size"]
+    if 0 < input_size < image_size and image_size % input_size:
+        errors.append(f"model.input_size={input_size} must divide data.image_size={image_size} (or be 0 or larger)")
+    if flat["data.split"] == "kfold" and flat["data.num_subjects"] >= 1 and flat["data.subjects_per_fold"] >= 1:
+        folds = supported_folds(config)
+        if flat["data.fold"] >= folds:
+            errors.append(
+                f"data.fold={flat['data.fold']} is out of range: data.num_subjects={flat['data.num_subjects']} with "
+                f"data.subjects_per_fold={flat['data.subjects_per_fold']} gives folds 0..{folds - 1}"
+            )
+    if errors:
+        return errors
+    try:  # the data side's own checks: sources, presets, render/generator overrides
+        pipeline.DataConfig.from_dict(config.data.to_dict(), batch_size=config.train.batch_size, num_classes=config.model.num_classes)
+    except ValueError as err:
+        errors.append(str(err))
+    return errors
