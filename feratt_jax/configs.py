@@ -34,7 +34,7 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     c.model.dim = 32
     c.model.backbone = "preactresnet18"  # FERAtt variants only
     c.model.attention_channels = 0  # 0 = num_classes, as the reference ties them
-    c.model.num_filters = 32  # attention U-Net decoder width (reference: 32)
+    c.model.num_filters = 32  # attention U-Net decoder width (reference: 32; ferattention_2019: also the feature branch's)
     c.model.backbone_width = 64  # PreActResNet18 first-stage width (reference: 64)
     c.model.num_feature_blocks = 8  # residual blocks of the feature branch (reference: 8)
     c.model.baseline_width = 0  # the PreActResNet18 baseline's first-stage width; 0 = the reference's 64
@@ -62,7 +62,9 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     c.optimizer.b2 = 0.999
     c.optimizer.eps = 1e-8
     c.optimizer.weight_decay = 0.0
-    c.optimizer.schedule = "constant"  # or "cosine"
+    c.optimizer.schedule = "constant"  # or "cosine", or "step" (StepLR: see step_size, step_gamma)
+    c.optimizer.step_size = 0  # schedule "step": multiply the rate by step_gamma every step_size steps
+    c.optimizer.step_gamma = 0.1
     c.optimizer.warmup_steps = 0
     c.optimizer.grad_clip_norm = 0.0  # 0 = off
 

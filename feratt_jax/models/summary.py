@@ -10,8 +10,8 @@ import numpy as np
 
 from feratt_jax.models import build_model
 
-# Input side each model is normally fed (the FERAtt variants always see 64).
-DEFAULT_IMAGE_SIZE = {"preactresnet18": 32, "resnet18": 224}
+# Input side each model is normally fed (HEAD's FERAtt variants always see 64).
+DEFAULT_IMAGE_SIZE = {"preactresnet18": 32, "resnet18": 224, "ferattention_2019": 128}
 
 
 def count_parameters(tree: Any) -> int:
@@ -32,7 +32,7 @@ def model_summary(
 
     Args:
       name, num_classes, dim, **options: as :func:`feratt_jax.models.build_model`.
-      image_size: input side; defaults to 64 (32 for preactresnet18, 224 for resnet18).
+      image_size: input side; defaults to 64 (32 for preactresnet18, 224 for resnet18, 128 for ferattention_2019).
       with_flops: compile the eval-mode forward once and read XLA's cost analysis.
 
     Returns:
