@@ -462,3 +462,15 @@ def test_config_has_the_paper_era_settings() -> None:
         s = configs.load_config(str(REPO / "experiments" / "configs" / f"ferattention_2019.py:{size}"))
         assert s.model.name == NAME and s.data.image_size == 128
         assert s.optimizer.step_size == max(s.train.num_steps // 5, 1)
+
+
+def test_paper_table_runs_the_paper_era_config_on_request() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paper_table_2019", REPO / "experiments" / "paper_table.py")
+    pt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pt)
+    assert "ferattention_2019" not in [m for m, _ in pt.METHODS]  # the default table is unchanged
+    config = pt.method_config("ferattention_2019", "quick", [])
+    assert config.model.name == NAME
+    assert pt.model_description(config).startswith("input 128px, decoder 8, 2 feature blocks, classifier width 16")
