@@ -16,9 +16,7 @@ and the checkpoint round trip are checked at the reference's 128.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -295,21 +293,6 @@ def test_forward_and_loss_parity() -> None:
     assert float(terms_j["total"]) == pytest.approx(sum(float(v) for v in terms_t.values()), rel=LOSS_RTOL)
 
 
-@contextlib.contextmanager
-def _x64() -> Iterator[None]:
-    enable = getattr(jax, "enable_x64", None)
-    if enable is not None:
-        with enable(True):
-            yield
-        return
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", previous)
-
-
 def test_train_mode_gradients_match_in_float64() -> None:
     """Per-parameter gradients of the paper-era total loss (train mode), both sides in float64.
 
@@ -323,7 +306,7 @@ def test_train_mode_gradients_match_in_float64() -> None:
     sum(terms_t.values()).backward()
     grads_t = {k: p.grad.double().numpy() for k, p in tm.named_parameters()}
 
-    with _x64():
+    with jax.enable_x64(True):  # jax >= 0.10.2, as pyproject requires
         fm = build_model(NAME, num_classes=C, image_size=S, dtype=jnp.float64)
         v = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
         batch = _jax_batch(x_org, y_mask, labels, theta, np.float64)

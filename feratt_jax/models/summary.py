@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from feratt_jax.models import build_model
+from feratt_jax.models import PAPER_ERA_MODELS, build_model
 
 # Input side each model is normally fed (HEAD's FERAtt variants always see 64).
 DEFAULT_IMAGE_SIZE = {"preactresnet18": 32, "resnet18": 224, "ferattention_2019": 128}
@@ -42,6 +42,8 @@ def model_summary(
       no figure), and the arguments used.
     """
     size = image_size or DEFAULT_IMAGE_SIZE.get(name, 64)
+    if name in PAPER_ERA_MODELS:  # its STN regressor is sized for one input side
+        options.setdefault("image_size", size)
     model = build_model(name, num_classes=num_classes, dim=dim, **options)
     x = jnp.zeros((1, size, size, 3), jnp.float32)
     variables = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x))
