@@ -44,6 +44,7 @@ from feratt_jax.interop.torch_model import DilateCenter, TorchvisionResNet, buil
 from feratt_jax.model_io import abstract_variables, load_model  # noqa: E402
 from feratt_jax.models import build_model  # noqa: E402
 from feratt_jax.train import make_learning_rate  # noqa: E402
+from torch_parity import randomize_bn_and_stn_  # noqa: E402
 
 NAME = "ferattention_2019"
 C = 7  # train.sh at that commit: BU-3DFE, NUMCLASS=7, DIM=32
@@ -186,15 +187,8 @@ def test_the_model_names_its_input_size() -> None:
 
 
 def _randomize_(model: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
+    randomize_bn_and_stn_(model, seed)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.2, 0.2, generator=g)
-                m.running_mean.uniform_(-0.2, 0.2, generator=g)
-                m.running_var.uniform_(0.5, 1.5, generator=g)
-        model.stn.fc_loc[2].weight.normal_(0.0, 0.02, generator=g)
         # Scale the reconstruction so that the +-0.02 thresholds keep some pixels and drop others.
         model.reconstruction[1].weight.mul_(8.0)
 
