@@ -16,7 +16,8 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
-from feratt_jax.models import LOSS_VARIANT
+from feratt_jax.losses import reference_loss_options
+from feratt_jax.models import LOSS_VARIANT, PAPER_ERA_MODELS
 
 
 
@@ -25,6 +26,8 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
 
     Batch 32, Adam with amsgrad at lr 1e-4 and no schedule, 64x64 images,
     dim 32, sigma 0.5; subject-independent fold 0 of the synthetic benchmark.
+    The paper-era model (ferattention_2019) gets that code's settings instead,
+    see :func:`paper_era_settings`.
     """
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -35,7 +38,7 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     c.model.dim = 32
     c.model.backbone = "preactresnet18"  # FERAtt variants only
     c.model.attention_channels = 0  # 0 = num_classes, as the reference ties them
-    c.model.num_filters = 32  # attention U-Net decoder width (reference: 32)
+    c.model.num_filters = 32  # attention U-Net decoder width (reference: 32; ferattention_2019: also the feature branch's)
     c.model.backbone_width = 64  # PreActResNet18 first-stage width (reference: 64)
     c.model.num_feature_blocks = 8  # residual blocks of the feature branch (reference: 8)
     c.model.baseline_width = 0  # the PreActResNet18 baseline's first-stage width; 0 = the reference's 64
@@ -63,7 +66,9 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     c.optimizer.b2 = 0.999
     c.optimizer.eps = 1e-8
     c.optimizer.weight_decay = 0.0
-    c.optimizer.schedule = "constant"  # or "cosine"
+    c.optimizer.schedule = "constant"  # or "cosine", or "step" (StepLR: see step_size, step_gamma)
+    c.optimizer.step_size = 0  # schedule "step": multiply the rate by step_gamma every step_size steps
+    c.optimizer.step_gamma = 0.1
     c.optimizer.warmup_steps = 0
     c.optimizer.grad_clip_norm = 0.0  # 0 = off
 
@@ -106,7 +111,44 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     c.train.profile = False
     c.train.init_from = ""  # a model export dir (feratt convert) or another run's workdir
     c.train.distributed = False
+    if model_name in PAPER_ERA_MODELS:
+        paper_era_settings(c)
     return c
+
+
+# The paper-era trainer's epoch: 70,000 rendered samples at batch 240, last partial batch dropped.
+PAPER_ERA_STEPS_PER_EPOCH = 70_000 // 240
+
+
+def paper_era_settings(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The training settings of reference commit 53fd5e4 (runs/train.sh, train.py, attentionnet.py there).
+
+    128x128 input; 4 feature blocks; the generator at angle 45 (else as HEAD's
+    training); the loss CE + DGMM(sigma 1, no mixup) + 2 min(MSE, 30) + the
+    unscaled STN MSE, not multiplied by B; Adam (amsgrad) at 1e-4 with StepLR
+    x0.1 every 100 epochs; batch 240; 500 epochs; evaluation and snapshots
+    every 10 epochs. PyTorch 1.0's StepLR took one step when built, so the
+    reference decayed after 99, 199, ... epochs; this decays after 100, 200, ...
+    """
+    epoch = PAPER_ERA_STEPS_PER_EPOCH
+    c.model.num_feature_blocks = 4
+    c.data.image_size = 128
+    c.data.render_preset = c.data.eval_render_preset = "paper2019"
+    c.loss.update(reference_loss_options(c.loss.variant))
+    c.optimizer.schedule = "step"
+    c.optimizer.step_size = 100 * epoch
+    c.optimizer.step_gamma = 0.1
+    c.train.batch_size = 240
+    c.train.num_steps = 500 * epoch
+    c.train.eval_every = c.train.checkpoint_every = c.train.image_log_every = 10 * epoch
+    return c
+
+
+def set_num_steps(c: ml_collections.ConfigDict, num_steps: int) -> None:
+    """Set ``train.num_steps``, keeping a step schedule's decays at the same fractions of the run."""
+    if c.optimizer.schedule == "step" and c.train.num_steps:
+        c.optimizer.step_size = max(c.optimizer.step_size * num_steps // c.train.num_steps, 1)
+    c.train.num_steps = num_steps
 
 
 def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -136,7 +178,7 @@ def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.data.render_preset = "mild"
     c.data.eval_render_preset = "mild"
     c.train.batch_size = 32
-    c.train.num_steps = 800
+    set_num_steps(c, 800)
     c.train.log_every = 25
     c.train.eval_every = 200
     c.train.checkpoint_every = 200
@@ -156,7 +198,7 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.data.val_size = 16
     c.data.test_size = 16
     c.train.batch_size = 8
-    c.train.num_steps = 2
+    set_num_steps(c, 2)
     c.train.log_every = 1
     c.train.eval_every = 2
     c.train.checkpoint_every = 1

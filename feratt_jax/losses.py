@@ -11,6 +11,8 @@ Terms (each returned separately by `feratt_losses`):
   with in-batch mixup), with a well-defined soft-label mixup mode (default) and a
   `mixup_label_mode="reference"` mode that reproduces the reference bit for bit.
 * `embedding_norm`: ``||z||_2`` over the whole batch matrix (the reference's ``z.norm(2)``).
+* `masked_reconstruction_mse`: the paper-era (commit 53fd5e4) reconstruction term,
+  ``2 * min(mean((x_org * mask - att)^2), 30)``; that code's STN term is `stn_loss` with scale 1.
 
 `feratt_losses` composes them per trainer variant (reference.md 2.2). Layout: images are NHWC;
 every loss here is a mean over all elements, so the layout does not change the values.
@@ -30,12 +32,14 @@ from feratt_jax.ops.spatial_transform import warp_affine
 
 __all__ = [
     "VARIANT_TERMS",
+    "PAPER_ERA_VARIANTS",
     "term_weights",
     "REFERENCE_EMBEDDING_NORM_WEIGHT",
     "REFERENCE_SCALES_BY_BATCH_SIZE",
     "cross_entropy",
     "reconstruction_loss",
     "stn_loss",
+    "masked_reconstruction_mse",
     "gaussian_space_loss",
     "gaussian_space_loss_with_mix",
     "sample_mixup",
@@ -64,7 +68,12 @@ VARIANT_TERMS: dict[str, tuple[str, ...]] = {
         "stn",
         "embedding_norm",
     ),
+    # The paper-era trainer (commit 53fd5e4, loss "attgmm"): CE + DGMM + its attLoss, whose two
+    # parts are kept as separate terms (masked_reconstruction_mse and the unscaled STN MSE).
+    "attention_gmm_stn_2019": ("cross_entropy", "gaussian_space", "reconstruction", "stn"),
 }
+# Variants whose reconstruction and STN terms are the paper-era definitions.
+PAPER_ERA_VARIANTS = ("attention_gmm_stn_2019",)
 
 # Weight of ||z||_2 in the reference trainers: AttentionGMMNeuralNet adds `0.0 * z.norm(2)`
 # (a no-op), AttentionGMMSTNNeuralNet adds `1e-4 * z.norm(2)` (reference.md 2.2, defect 9).
@@ -81,6 +90,7 @@ REFERENCE_SCALES_BY_BATCH_SIZE: dict[str, bool] = {
     "attention_stn": True,
     "attention_gmm": False,
     "attention_gmm_stn": True,
+    "attention_gmm_stn_2019": False,
 }
 
 
@@ -130,9 +140,10 @@ def reconstruction_loss(x_org: jax.Array, reconstruction: jax.Array) -> jax.Arra
 
 
 def stn_loss(
-    x_org_BHWC: jax.Array, theta_pred_B23: jax.Array, theta_target_B23: jax.Array
+    x_org_BHWC: jax.Array, theta_pred_B23: jax.Array, theta_target_B23: jax.Array, *, scale: float = 10.0
 ) -> jax.Array:
-    """The reference's `STNloss`: 10 x MSE between x_org warped by the target and by the prediction.
+    """The reference's `STNloss`: 10 x MSE between x_org warped by the target and by the prediction
+    (``scale=1``: the paper-era code's unweighted term).
 
     Both warps use PyTorch's `affine_grid`/`grid_sample` semantics (align_corners=False, bilinear,
     zero padding) at x_org's own size. The gradient reaches `theta_pred_B23` through the bilinear
@@ -145,7 +156,7 @@ def stn_loss(
         the reference's ``meta[:, 1:]``).
 
     Returns:
-      Scalar ``10 * mean((warp(x_org, target) - warp(x_org, pred))^2)``.
+      Scalar ``scale * mean((warp(x_org, target) - warp(x_org, pred))^2)``.
     """
     x_org_BHWC = jnp.asarray(x_org_BHWC)
     batch = x_org_BHWC.shape[0]
@@ -153,7 +164,31 @@ def stn_loss(
     theta_target_B23 = jnp.asarray(theta_target_B23).reshape(batch, 2, 3)
     warped_target = warp_affine(x_org_BHWC, theta_target_B23)
     warped_pred = warp_affine(x_org_BHWC, theta_pred_B23)
-    return 10.0 * jnp.mean((warped_target - warped_pred) ** 2)
+    return scale * jnp.mean((warped_target - warped_pred) ** 2)
+
+
+def masked_reconstruction_mse(
+    x_org: jax.Array, mask: jax.Array, reconstruction: jax.Array, *, weight: float = 2.0, clamp_max: float = 30.0
+) -> jax.Array:
+    """The paper-era reconstruction term: ``weight * min(mean((x_org * mask - att)^2), clamp_max)``.
+
+    The target is the clean face times the face mask (the reference's ``y_mask[:, 1]``). The clamp
+    is the reference's ``torch.clamp(loss, max=30)``: above it the term is constant and passes no
+    gradient (the paper-era reconstruction is unbounded, so it can act early in training).
+
+    Args:
+      x_org: (B, H, W, C) clean image.
+      mask: (B, H, W, 1) or (B, H, W, C) face mask (1 on the face).
+      reconstruction: (B, H, W, C) the model's reconstruction.
+
+    Returns:
+      Scalar loss.
+    """
+    x_org, mask, reconstruction = jnp.asarray(x_org), jnp.asarray(mask), jnp.asarray(reconstruction)
+    if x_org.shape != reconstruction.shape or mask.shape[:-1] != x_org.shape[:-1]:
+        raise ValueError(f"shape mismatch: x_org {x_org.shape}, mask {mask.shape}, reconstruction {reconstruction.shape}")
+    mse = jnp.mean((x_org * mask.astype(x_org.dtype) - reconstruction) ** 2)
+    return weight * jnp.minimum(mse, clamp_max)
 
 
 def embedding_norm(z: jax.Array) -> jax.Array:
@@ -389,6 +424,8 @@ def reference_loss_options(variant: str) -> dict[str, Any]:
     if variant not in VARIANT_TERMS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANT_TERMS)}")
     options: dict[str, Any] = {"scale_by_batch_size": REFERENCE_SCALES_BY_BATCH_SIZE[variant]}
+    if variant in PAPER_ERA_VARIANTS:  # DGMMLoss(sigma=1.0, mix=False), the constructor's defaults then
+        options.update(sigma=1.0, mixup=False)
     if variant in REFERENCE_EMBEDDING_NORM_WEIGHT:
         options["embedding_norm_weight"] = REFERENCE_EMBEDDING_NORM_WEIGHT[variant]
         options["mixup_label_mode"] = "reference"
@@ -451,6 +488,8 @@ def feratt_losses(
     ``"attention_stn"``       CE + Att + STN                 (``attstnnet``)
     ``"attention_gmm"``       CE + DGMM + Att + 0.0 ||z||    (``attgmmnet``)
     ``"attention_gmm_stn"``   CE + DGMM + Att + STN + 1e-4 ||z||  (``attgmmstnnet``)
+    ``"attention_gmm_stn_2019"``  CE + DGMM + 2 min(MSE(x_org * mask, att), 30) + STN/10
+                              (the paper-era ``attgmm``; uses ``batch["mask"]``)
     ========================  ======================================================
 
     The 5x (Att) and 10x (STN) factors live inside the terms, as in the reference; the
@@ -505,10 +544,14 @@ def feratt_losses(
             mixup_label_mode=mixup_label_mode,
             mixup_alpha=mixup_alpha,
         )
+    paper_era = variant in PAPER_ERA_VARIANTS
     if "reconstruction" in terms:
-        values["reconstruction"] = reconstruction_loss(batch["x_org"], outputs["reconstruction"])
+        if paper_era:
+            values["reconstruction"] = masked_reconstruction_mse(batch["x_org"], batch["mask"], outputs["reconstruction"])
+        else:
+            values["reconstruction"] = reconstruction_loss(batch["x_org"], outputs["reconstruction"])
     if "stn" in terms:
-        values["stn"] = stn_loss(batch["x_org"], outputs["theta"], batch["theta"])
+        values["stn"] = stn_loss(batch["x_org"], outputs["theta"], batch["theta"], scale=1.0 if paper_era else 10.0)
     if "embedding_norm" in terms:
         values["embedding_norm"] = embedding_norm(outputs["embedding"])
 

@@ -40,8 +40,8 @@ FORMAT_VERSION = 1
 SPEC_FILENAME = "model.json"
 _VARIABLES_PREFIX = "variables-"
 
-# Every model accepts a 64x64 RGB batch; variable shapes do not depend on the
-# spatial size (the STN and CVGG heads even require 64).
+# Every model accepts a 64x64 RGB batch except those that declare their own
+# ``image_size`` (ferattention_2019: 128, which sizes its STN regressor).
 TEMPLATE_INPUT_SHAPE = (1, 64, 64, 3)
 
 
@@ -54,17 +54,22 @@ class CheckpointError(ValueError):
 # --------------------------------------------------------------------------
 
 
-def abstract_variables(module: nn.Module, input_shape: tuple[int, ...] = TEMPLATE_INPUT_SHAPE) -> dict[str, Any]:
+def abstract_variables(module: nn.Module, input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Shapes and dtypes of ``module``'s variables, without allocating or computing them.
 
     Args:
       module: a model from :func:`feratt_jax.models.build_model`.
-      input_shape: (B, H, W, 3) input used to trace ``init``.
+      input_shape: (B, H, W, 3) input used to trace ``init``; None: 64x64, or
+        the module's own ``image_size`` where it has one.
 
     Returns:
       ``{"params": ..., "batch_stats": ...}`` (collections the module has) of
       ``jax.ShapeDtypeStruct`` leaves.
     """
+
+    if input_shape is None:
+        side = getattr(module, "image_size", TEMPLATE_INPUT_SHAPE[1])
+        input_shape = (1, side, side, 3)
 
     def init() -> Any:
         return module.init(jax.random.key(0), jnp.zeros(input_shape, jnp.float32), train=False)

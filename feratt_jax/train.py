@@ -34,8 +34,9 @@ from feratt_jax import precise_bn, sharding, validation, workdir_lock
 from feratt_jax.checkpointing import Checkpointer, abstract_like
 from feratt_jax.data import pipeline
 from feratt_jax.metric_writer import MetricWriter
-from feratt_jax.models import FERATT_VARIANTS, build_model
+from feratt_jax.models import FERATT_VARIANTS, PAPER_ERA_MODELS, build_model
 from feratt_jax.models.layers import avg_pool, resize_bilinear
+from feratt_jax.models.summary import DEFAULT_IMAGE_SIZE
 from feratt_jax.optimizers import scale_by_torch_adam
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,12 @@ def build_model_from_config(model_config: ml_collections.ConfigDict) -> Any:
         options["num_filters"] = model_config.num_filters
         options["backbone_width"] = model_config.backbone_width
         options["num_feature_blocks"] = model_config.get("num_feature_blocks", 8)
+    elif model_config.name in PAPER_ERA_MODELS:
+        options["image_size"] = model_config.input_size or DEFAULT_IMAGE_SIZE[model_config.name]
+        options["backbone"] = model_config.backbone
+        options["num_filters"] = model_config.num_filters
+        options["backbone_width"] = model_config.backbone_width
+        options["num_feature_blocks"] = model_config.num_feature_blocks
     elif model_config.name == "preactresnet18" and model_config.get("baseline_width", 0):
         options["initial_channels"] = model_config.baseline_width
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(model_config.compute_dtype)
@@ -113,13 +120,27 @@ def model_input_fn(config: ml_collections.ConfigDict) -> Callable[[jax.Array], j
 
 
 def make_learning_rate(opt_config: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+    """The learning rate per step: constant, cosine decay, or step decay (PyTorch's StepLR),
+    after ``warmup_steps`` of linear warmup.
+
+    "step" multiplies the rate by ``step_gamma`` every ``step_size`` optimizer
+    steps (the paper-era reference steps it per epoch: ``step_size`` = epochs
+    times batches per epoch).
+    """
     lr = opt_config.learning_rate
     if opt_config.schedule == "constant":
         schedule = optax.constant_schedule(lr)
     elif opt_config.schedule == "cosine":
         schedule = optax.cosine_decay_schedule(lr, max(num_steps - opt_config.warmup_steps, 1))
+    elif opt_config.schedule == "step":
+        step_size, gamma = opt_config.get("step_size", 0), opt_config.get("step_gamma", 0.1)
+        if not isinstance(step_size, int) or step_size < 1:
+            raise ValueError(f"optimizer.step_size must be a positive number of steps for schedule 'step', got {step_size!r}")
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"optimizer.step_gamma must be in (0, 1], got {gamma!r}")
+        schedule = optax.exponential_decay(lr, transition_steps=step_size, decay_rate=gamma, staircase=True)
     else:
-        raise ValueError(f"optimizer.schedule must be constant or cosine, got {opt_config.schedule!r}")
+        raise ValueError(f"optimizer.schedule must be constant, cosine or step, got {opt_config.schedule!r}")
     if opt_config.warmup_steps:
         warmup = optax.linear_schedule(0.0, lr, opt_config.warmup_steps)
         schedule = optax.join_schedules([warmup, schedule], [opt_config.warmup_steps])

@@ -377,6 +377,8 @@ def _fake_outputs_and_batch(batch=4, num_classes=3, dim=5, size=8, seed=0):
         "label": jnp.asarray(rng.integers(0, num_classes, size=batch)),
         "x_org": jnp.asarray(rng.uniform(size=(batch, size, size, 3)).astype(np.float32)),
         "theta": jnp.asarray(theta_true.astype(np.float32).reshape(batch, 6)),
+        # The renderer's face mask (used by the paper-era variant); drawn last so the others are unchanged.
+        "mask": jnp.asarray((rng.uniform(size=(batch, size, size, 1)) > 0.3).astype(np.float32)),
     }
     return outputs, batch_dict
 
@@ -465,6 +467,26 @@ def test_feratt_losses_weights_and_reference_options():
     assert gmm_stn["mixup_label_mode"] == "reference"
     with pytest.raises(ValueError):
         L.feratt_losses(outputs, batch, key, variant="nope", num_classes=3)
+
+
+def test_paper_era_composition():
+    """attention_gmm_stn_2019 (reference commit 53fd5e4): CE + DGMM + 2 min(MSE(x_org * mask, att), 30)
+    + the unscaled STN MSE, with that trainer's sigma 1, no mixup and no x B."""
+    outputs, batch = _fake_outputs_and_batch()
+    options = L.reference_loss_options("attention_gmm_stn_2019")
+    assert options == {"scale_by_batch_size": False, "sigma": 1.0, "mixup": False}
+    got = L.feratt_losses(outputs, batch, None, variant="attention_gmm_stn_2019", num_classes=3, **options)
+    masked = batch["x_org"] * batch["mask"]
+    expected = {
+        "cross_entropy": L.cross_entropy(outputs["logits"], batch["label"]),
+        "gaussian_space": L.gaussian_space_loss_with_mix(outputs["embedding"], batch["label"], None, None, num_classes=3, sigma=1.0),
+        "reconstruction": 2.0 * jnp.mean((masked - outputs["reconstruction"]) ** 2),
+        "stn": L.stn_loss(batch["x_org"], outputs["theta"], batch["theta"]) / 10.0,
+    }
+    assert set(got) == set(expected) | {"total", "total_unscaled"}
+    for name, value in expected.items():
+        assert float(got[name]) == pytest.approx(float(value), rel=1e-6), name
+    assert float(got["total"]) == pytest.approx(sum(float(v) for v in expected.values()), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -165,7 +165,8 @@ def test_wrong_input_shapes_raise_clear_errors():
 
 
 def test_model_names_cover_the_reference_arch_names():
-    assert set(MODEL_NAMES) == set(EXPECTED_OUTPUTS) | {"preactresnet18", "resnet18", "cvgg13"}
+    # ferattention_2019: the paper-era arch atentionresnet34 (tests/test_feratt_2019.py).
+    assert set(MODEL_NAMES) == set(EXPECTED_OUTPUTS) | {"preactresnet18", "resnet18", "cvgg13", "ferattention_2019"}
 
 
 # --------------------------------------------------------------------------
@@ -232,17 +233,28 @@ def test_conv_needs_matmul_form_only_below_kernel_size(hw, k, stride, pad, expec
     assert conv_needs_matmul_form(hw, k, stride, pad) is expected
 
 
-@pytest.mark.parametrize("hw, stride", [((2, 2), 1), ((4, 4), 2), ((3, 5), 2), ((1, 1), 1)])
-def test_conv_as_matmul_equals_xla_convolution_and_its_gradients(hw, stride):
+def test_conv_needs_matmul_form_counts_the_dilated_extent():
+    # The paper-era DilateCenter on 4x4 maps: dilation 2 spans 5 pixels, dilation 1 spans 3.
+    assert conv_needs_matmul_form((4, 4), 3, 1, 2, dilation=2) is True
+    assert conv_needs_matmul_form((4, 4), 3, 1, 1, dilation=1) is False
+
+
+@pytest.mark.parametrize(
+    "hw, stride, dilation", [((2, 2), 1, 1), ((4, 4), 2, 1), ((3, 5), 2, 1), ((1, 1), 1, 1), ((4, 4), 1, 3), ((2, 3), 1, 2)]
+)
+def test_conv_as_matmul_equals_xla_convolution_and_its_gradients(hw, stride, dilation):
     kx, kk = jax.random.split(jax.random.key(3))
     x = jax.random.normal(kx, (2, *hw, 5), jnp.float32)
     w = jax.random.normal(kk, (3, 3, 5, 7), jnp.float32)
+    pad = dilation  # "same" for a 3x3 kernel
 
     def xla(x, w):
-        return jax.lax.conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jax.lax.conv_general_dilated(
+            x, w, (stride, stride), ((pad, pad), (pad, pad)), rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
 
     def matmul(x, w):
-        return conv_as_matmul(x, w, stride, 1)
+        return conv_as_matmul(x, w, stride, pad, dilation)
 
     np.testing.assert_allclose(matmul(x, w), xla(x, w), rtol=1e-5, atol=1e-5)
     g_matmul = jax.grad(lambda x, w: jnp.sum(jnp.sin(matmul(x, w))), argnums=(0, 1))(x, w)

@@ -47,6 +47,7 @@ from feratt_jax.interop.torch_checkpoint import (  # noqa: E402
 from feratt_jax.interop.torch_model import TorchvisionResNet, build_torch_model  # noqa: E402
 from feratt_jax.model_io import CheckpointError, abstract_variables, load_model, save_model  # noqa: E402
 from feratt_jax.models import build_model  # noqa: E402
+from torch_parity import randomize_bn_and_stn_  # noqa: E402
 
 C = 8
 B = 2
@@ -62,16 +63,7 @@ LOSS_RTOL = 1e-5
 
 def _randomize_(model: torch.nn.Module, seed: int) -> None:
     """Make BN layers and the STN regressor non-trivial so that the checks have teeth."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.2, 0.2, generator=g)
-                m.running_mean.uniform_(-0.2, 0.2, generator=g)
-                m.running_var.uniform_(0.5, 1.5, generator=g)
-        if hasattr(model, "stn"):
-            model.stn.fc_loc[2].weight.normal_(0.0, 0.02, generator=g)
+    randomize_bn_and_stn_(model, seed)
 
 
 def _no_dropout_(model: torch.nn.Module) -> None:

@@ -193,6 +193,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "eval": {"angle": 45.0, "translation": 0.3, "warp": 0.2},
     # Small pose changes only (a curriculum start, and the probe's middle setting).
     "mild": {"scale_range": 0.1, "angle": 10.0, "translation": 0.05, "warp": 0.02},
+    # The paper-era train.py's generator (reference commit 53fd5e4): angle 45, else as "train".
+    "paper2019": {"angle": 45.0},
     # No geometry or photometric augmentation: handy for previews and tests.
     "identity": {
         "scale_range": 0.0,

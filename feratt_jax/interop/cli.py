@@ -8,7 +8,7 @@
 ``--from-torch`` writes a :mod:`feratt_jax.model_io` export (what ``feratt
 eval``/``predict`` load). ``--model``/``--num-classes``/``--dim`` default to
 the ``arch``/``num_classes``/``num_output_channels`` a reference trainer file
-records. ``--to-torch`` writes a ``.pth.tar`` the reference's loader accepts.
+records (the paper-era arch ``atentionresnet34`` is ``ferattention_2019``). ``--to-torch`` writes a ``.pth.tar`` the reference's loader accepts.
 torch is imported only when the command runs.
 """
 
@@ -83,10 +83,10 @@ def run_convert(args: argparse.Namespace) -> int:
 def _from_torch(args: argparse.Namespace) -> int:
     from feratt_jax.interop.torch_checkpoint import read_torch_checkpoint, state_dict_to_variables
     from feratt_jax.model_io import abstract_variables, save_model
-    from feratt_jax.models import FERATT_VARIANTS, build_model
+    from feratt_jax.models import FERATT_VARIANTS, build_model, model_name_for_arch
 
     state_dict, meta = read_torch_checkpoint(args.from_torch, weights_only=not args.trust_pickle)
-    model_name = args.model or meta.get("arch")
+    model_name = args.model or (model_name_for_arch(meta["arch"]) if meta.get("arch") else None)
     num_classes = args.num_classes if args.num_classes is not None else meta.get("num_classes")
     if model_name is None or num_classes is None:
         raise ValueError(f"{args.from_torch} does not record arch/num_classes: pass --model and --num-classes")

@@ -16,7 +16,9 @@ batch_stats ``var``  ``running_var``        unchanged (both store the unbiased v
 
 The reference's files also hold every attention-encoder tensor a second time
 under ``attention_map.encoder.*`` (torchvision ResNet-34 names, reference.md
-1.2) plus the unused ``attention_map.encoder.fc``; BN layers add
+1.2) plus the unused ``attention_map.encoder.fc`` (the paper-era model,
+``ferattention_2019``, has its U-Net at the top level: ``encoder.*`` aliasing
+``conv1.0/1``, ``conv2``-``conv5``); BN layers add
 ``num_batches_tracked``. Reading tolerates all three (duplicates must equal
 the tensors they alias); writing for the reference adds them back.
 
@@ -52,7 +54,8 @@ _LEAF_TO_TORCH = {
 
 # attention_map.encoder.<torchvision name> -> attention_map.<alias in the U-Net>.
 _ENCODER_ALIAS = {"conv1": "conv1.0", "bn1": "conv1.1", "layer1": "conv2", "layer2": "conv3", "layer3": "conv4", "layer4": "conv5"}
-_ENCODER_KEY = re.compile(r"^(?P<prefix>(?:.*\.)?attention_map\.)encoder\.(?P<part>conv1|bn1|layer[1-4]|fc)\.(?P<rest>.+)$")
+# The prefix is empty for the paper-era model, whose U-Net parts are top-level attributes.
+_ENCODER_KEY = re.compile(r"^(?P<prefix>(?:(?:.*\.)?attention_map\.)?)encoder\.(?P<part>conv1|bn1|layer[1-4]|fc)\.(?P<rest>.+)$")
 _ENCODER_SUBMODULES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
 # torchvision ResNet-34's classifier, which the reference keeps (unused) as attention_map.encoder.fc.
@@ -117,7 +120,8 @@ def normalize_state_dict(state_dict: Mapping[str, Any], *, source: str = "state_
 
     Strips DataParallel's ``module.`` prefix, drops ``num_batches_tracked``
     and ``attention_map.encoder.fc.*``, and folds ``attention_map.encoder.*``
-    into the aliased ``attention_map.conv1.0/1``, ``conv2``-``conv5`` keys.
+    into the aliased ``attention_map.conv1.0/1``, ``conv2``-``conv5`` keys
+    (for the paper-era model: top-level ``encoder.*`` into ``conv1.0/1``, ...).
 
     Args:
       state_dict: key -> tensor/array.
@@ -244,7 +248,8 @@ def variables_to_state_dict(
 
 def _add_encoder_alias(sd: "OrderedDict[str, np.ndarray]") -> "OrderedDict[str, np.ndarray]":
     reverse = {alias: part for part, alias in _ENCODER_ALIAS.items()}
-    prefixes = sorted({k[: k.index("attention_map.") + len("attention_map.")] for k in sd if "attention_map.conv1." in k})
+    stem = "conv1.0.weight"  # the encoder's first conv, under the U-Net's alias
+    prefixes = sorted({k[: -len(stem)] for k in sd if k.endswith(stem) and (k == stem or k.endswith("attention_map." + stem))})
     if not prefixes:
         return sd
     out: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -429,7 +434,10 @@ def load_torchvision_resnet34(path: str | os.PathLike[str], *, weights_only: boo
 
 
 def insert_attention_encoder(variables: Mapping[str, Any], encoder: Mapping[str, Any]) -> dict[str, Any]:
-    """Return ``variables`` with ``attention_map/conv1..conv5`` replaced by ``encoder``.
+    """Return ``variables`` with the attention encoder ``conv1..conv5`` replaced by ``encoder``.
+
+    The encoder sits under ``attention_map`` in HEAD's FERAtt variants and at
+    the top level in the paper-era model (``ferattention_2019``).
 
     Args:
       variables: a FERAtt model's ``{"params", "batch_stats"}``.
@@ -443,16 +451,21 @@ def insert_attention_encoder(variables: Mapping[str, Any], encoder: Mapping[str,
     """
     out = {col: dict(tree) for col, tree in _to_dict(variables).items()}
     for col, subtrees in _to_dict(encoder).items():
-        if col not in out or "attention_map" not in out[col]:
+        tree = out.get(col, {})
+        if "conv1" in tree.get("attention_map", {}):
+            parent, where = dict(tree["attention_map"]), f"{col}/attention_map"
+        elif "conv1" in tree and "conv5" in tree:  # the paper-era model's top-level U-Net
+            parent, where = tree, col
+        else:
             raise CheckpointError("these variables have no attention_map module to receive the encoder")
-        attention = dict(out[col]["attention_map"])
         for name, subtree in subtrees.items():
-            old = flatten_dict(attention[name])
+            old = flatten_dict(parent[name])
             new = flatten_dict(subtree)
             if {k: np.shape(v) for k, v in old.items()} != {k: np.shape(v) for k, v in new.items()}:
-                raise CheckpointError(f"encoder subtree {col}/attention_map/{name} does not match the model's")
-            attention[name] = subtree
-        out[col]["attention_map"] = attention
+                raise CheckpointError(f"encoder subtree {where}/{name} does not match the model's")
+            parent[name] = subtree
+        if parent is not tree:
+            tree["attention_map"] = parent
     return out
 
 
@@ -466,7 +479,7 @@ def export_reference_checkpoint(
     include_encoder_alias: bool = True,
     epoch: int = 0,
     prec: float = 0.0,
-    imsize: int = 64,
+    imsize: int | None = None,
     legacy_format: bool = True,
     **model_options: Any,
 ) -> Path:
@@ -488,7 +501,10 @@ def export_reference_checkpoint(
       path: output file; written atomically (temp file + rename).
       num_classes: C. dim: embedding size.
       include_encoder_alias: see above (FERAtt models only).
-      epoch, prec, imsize: metadata fields of the reference's checkpoint.
+      epoch, prec, imsize: metadata fields of the reference's checkpoint
+        (imsize None: 128 for ferattention_2019, else 64). ``arch`` is the
+        reference's name for the model (``atentionresnet34`` for
+        ferattention_2019, which the paper-era loader looks up).
       legacy_format: use PyTorch's pre-1.6 (non-zip) serialisation, readable
         by the PyTorch 1.5 the reference's Docker image installs as well as
         by current releases.
@@ -502,15 +518,19 @@ def export_reference_checkpoint(
     """
     torch = require_torch()
     from feratt_jax.model_io import check_variables
-    from feratt_jax.models import FERATT_VARIANTS, build_model
+    from feratt_jax.models import FERATT_VARIANTS, PAPER_ERA_MODELS, REFERENCE_ARCH, build_model
+    from feratt_jax.models.summary import DEFAULT_IMAGE_SIZE
 
     module = build_model(model_name, num_classes=num_classes, dim=dim, **model_options)
     check_variables(variables, abstract_variables(module), source="variables")
-    sd = variables_to_state_dict(variables, include_encoder_alias=include_encoder_alias and model_name in FERATT_VARIANTS)
+    has_encoder = model_name in FERATT_VARIANTS or model_name in PAPER_ERA_MODELS
+    sd = variables_to_state_dict(variables, include_encoder_alias=include_encoder_alias and has_encoder)
+    if imsize is None:
+        imsize = DEFAULT_IMAGE_SIZE[model_name] if model_name in PAPER_ERA_MODELS else 64
     state_dict = OrderedDict((k, torch.from_numpy(np.array(v, copy=True))) for k, v in sd.items())
     checkpoint = {
         "epoch": int(epoch),
-        "arch": model_name,
+        "arch": REFERENCE_ARCH.get(model_name, model_name),
         "imsize": int(imsize),
         "num_output_channels": int(dim),
         "num_input_channels": 3,

@@ -26,9 +26,20 @@ def att_loss(x_org: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
     return 5.0 * torch.clamp(torch.mean((d - 1.0) / (d + 1.0)), max=30.0)
 
 
-def stn_loss(x_org_BCHW: torch.Tensor, theta_B23: torch.Tensor, target_theta_B23: torch.Tensor) -> torch.Tensor:
-    """``10 * mean((warp(x_org, target) - warp(x_org, theta))^2)``, align_corners=False."""
-    return 10.0 * torch.mean((warp(x_org_BCHW, target_theta_B23) - warp(x_org_BCHW, theta_B23)) ** 2)
+def stn_loss(
+    x_org_BCHW: torch.Tensor, theta_B23: torch.Tensor, target_theta_B23: torch.Tensor, scale: float = 10.0
+) -> torch.Tensor:
+    """``10 * mean((warp(x_org, target) - warp(x_org, theta))^2)``, align_corners=False (scale 1: the paper-era term)."""
+    return scale * torch.mean((warp(x_org_BCHW, target_theta_B23) - warp(x_org_BCHW, theta_B23)) ** 2)
+
+
+def att_loss_2019(x_org_BCHW: torch.Tensor, y_mask_B2HW: torch.Tensor, att_BCHW: torch.Tensor) -> torch.Tensor:
+    """The paper-era attLoss's reconstruction part: ``2 * clamp(mean((x_org * y_mask[:, 1] - att)^2), max=30)``.
+
+    ``y_mask`` is the reference's two-channel mask (0: background, 1: face).
+    """
+    loss = torch.mean((x_org_BCHW * y_mask_B2HW[:, 1, ...].unsqueeze(dim=1) - att_BCHW) ** 2)
+    return 2 * torch.clamp(loss, max=30)
 
 
 def dgmm_loss(
@@ -67,4 +78,4 @@ def dgmm_loss(
     return ((pi - target) ** 2).sum(dim=1).mean()
 
 
-__all__ = ["att_loss", "cross_entropy", "dgmm_loss", "stn_loss"]
+__all__ = ["att_loss", "att_loss_2019", "cross_entropy", "dgmm_loss", "stn_loss"]

@@ -352,15 +352,16 @@ class AttentionResNet(nn.Module):
 
 
 class STN(nn.Module):
-    """Localisation net on a 1x64x64 map -> theta (B, 2, 3), starting at the identity."""
+    """Localisation net on a 1 x input_size x input_size map (HEAD: 64) -> theta (B, 2, 3), starting at the identity."""
 
-    def __init__(self) -> None:
+    def __init__(self, input_size: int = 64) -> None:
         super().__init__()
+        side = ((input_size - 6) // 2 - 4) // 2  # conv7, pool2, conv5, pool2
         self.localization = nn.Sequential(
             nn.Conv2d(1, 8, 7), nn.MaxPool2d(2, 2), nn.ReLU(True),
             nn.Conv2d(8, 10, 5), nn.MaxPool2d(2, 2), nn.ReLU(True),
         )  # fmt: skip
-        self.fc_loc = nn.Sequential(nn.Linear(10 * 12 * 12, 32), nn.ReLU(True), nn.Linear(32, 6))
+        self.fc_loc = nn.Sequential(nn.Linear(10 * side * side, 32), nn.ReLU(True), nn.Linear(32, 6))
         with torch.no_grad():
             self.fc_loc[2].weight.zero_()
             self.fc_loc[2].bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
@@ -469,6 +470,118 @@ class FERAttention(nn.Module):
         return out
 
 
+# --------------------------------------------------------------------------
+# The paper-era FERAtt (reference commit 53fd5e4, reference.md 8)
+# --------------------------------------------------------------------------
+
+
+class DilateCenter(nn.Module):
+    """conv_d1..conv_d4: 3x3 convs with dilation (and padding) 1-4, chained; ReLU of the sum of their outputs.
+
+    ``buffer_on_cuda=True`` reproduces the reference's accumulator, a float32
+    ``torch.zeros(...).cuda()`` made inside forward: it fails without a GPU
+    and rounds a float64 model's centre to float32. Off by default: the sum
+    is formed directly, on the input's device and dtype.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, buffer_on_cuda: bool = False) -> None:
+        super().__init__()
+        self.out_ch, self.buffer_on_cuda = out_ch, buffer_on_cuda
+        for d in (1, 2, 3, 4):
+            setattr(self, f"conv_d{d}", nn.Conv2d(in_ch if d == 1 else out_ch, out_ch, 3, 1, d, dilation=d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for d in (1, 2, 3, 4):
+            x = getattr(self, f"conv_d{d}")(x)
+            outs.append(x)
+        if self.buffer_on_cuda:
+            total = torch.zeros(x.shape[0], self.out_ch, x.shape[2], x.shape[3]).cuda()
+            for o in outs:
+                total += o
+        else:
+            total = outs[0] + outs[1] + outs[2] + outs[3]
+        return F.relu(total)
+
+
+class DecoderBlockDeconv(nn.Module):
+    """``block = Sequential(ConvRelu(in, mid), ConvTranspose2d(mid, out, 4, stride 2, padding 1), ReLU)``."""
+
+    def __init__(self, in_ch: int, mid_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(ConvRelu(in_ch, mid_ch), nn.ConvTranspose2d(mid_ch, out_ch, 4, 2, 1), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class FERAttention2019(nn.Module):
+    """The paper-era FERAtt (arch ``atentionresnet34``), written from reference.md 8 and that commit's structure.
+
+    Outputs as ferattentiongmmstn. The attention U-Net's parts are attributes
+    of this module itself (``conv1``..``conv5``, ``center``, ``dec5``..``dec1``,
+    ``attention_map``); with ``include_encoder_alias`` the borrowed
+    torchvision ResNet-34 is registered first as ``encoder``, as the reference
+    does. ``image_size`` sets the STN regressor's input (10 * s * s, s = 28 at
+    the reference's 128). ``center_buffer_on_cuda``: see :class:`DilateCenter`.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int = 32,
+        num_filters: int = 32,
+        num_feature_blocks: int = 4,
+        image_size: int = 128,
+        include_encoder_alias: bool = False,
+        center_buffer_on_cuda: bool = False,
+    ) -> None:
+        super().__init__()
+        encoder = TorchvisionResNet((3, 4, 6, 3), num_classes=1000)
+        if include_encoder_alias:
+            self.encoder = encoder
+        self.conv1 = nn.Sequential(encoder.conv1, encoder.bn1, nn.ReLU(inplace=True), nn.MaxPool2d(2, 2))
+        self.conv2, self.conv3, self.conv4, self.conv5 = encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4
+        nf = num_filters
+        self.center = DilateCenter(512, nf * 8, center_buffer_on_cuda)
+        self.dec5 = DecoderBlockDeconv(512 + nf * 8, nf * 16, nf * 8)
+        self.dec4 = DecoderBlockDeconv(256 + nf * 8, nf * 16, nf * 8)
+        self.dec3 = DecoderBlockDeconv(128 + nf * 8, nf * 8, nf * 2)
+        self.dec2 = DecoderBlockDeconv(64 + nf * 2, nf * 4, nf * 4)
+        self.dec1 = DecoderBlockDeconv(nf * 4, nf * 4, nf)
+        self.attention_map = nn.Sequential(ConvRelu(nf, nf), nn.Conv2d(nf, 1, 1))
+        self.conv_input = nn.Conv2d(3, nf, 9, 1, 4)
+        self.feature = nn.Sequential(*[ResidualBlockSR(nf) for _ in range(num_feature_blocks)])
+        self.conv_mid = nn.Conv2d(nf, nf, 3, 1, 1)
+        self.reconstruction = nn.Sequential(ConvRelu(nf, nf), nn.Conv2d(nf, 3, 1))
+        self.stn = STN(image_size)
+        self.netclass = PreActResNet18(num_classes, dim)
+
+    def forward(self, x: torch.Tensor, x_org: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        del x_org  # accepted and ignored, as in the reference
+        conv1 = self.conv1(x)
+        conv2 = self.conv2(conv1)
+        conv3 = self.conv3(conv2)
+        conv4 = self.conv4(conv3)
+        conv5 = self.conv5(conv4)
+        center = self.center(conv5)
+        dec5 = self.dec5(torch.cat([center, conv5], 1))
+        dec4 = self.dec4(torch.cat([dec5, conv4], 1))
+        dec3 = self.dec3(torch.cat([dec4, conv3], 1))
+        dec2 = self.dec2(torch.cat([dec3, conv2], 1))
+        g_att = self.attention_map(self.dec1(dec2))
+        f0 = self.conv_input(x)
+        g_ft = self.conv_mid(self.feature(f0)) + f0
+        att = self.reconstruction(torch.sigmoid(g_att) * g_ft)
+        att = att * (torch.abs(att) > 0.02).to(att.dtype)
+        theta = self.stn(att.mean(dim=1, keepdim=True).detach())
+        att_t = warp(att, theta)
+        att_t = att_t * (torch.abs(att_t) >= 0.02).to(att_t.dtype)
+        out = {"reconstruction": att, "attention": g_att, "features": g_ft, "theta": theta, "warped": att_t}
+        out.update(self.netclass(F.avg_pool2d(att_t, 4)))
+        return out
+
+
 def build_torch_model(
     name: str,
     *,
@@ -481,13 +594,14 @@ def build_torch_model(
 
     Args:
       name: ferattention | ferattentiongmm | ferattentionstn | ferattentiongmmstn |
-        preactresnet18 | resnet18 | cvgg13.
+        preactresnet18 | resnet18 | cvgg13 | ferattention_2019.
       num_classes: C.
       dim: embedding size (GMM variants, or baselines with ``embedding=True``).
       include_encoder_alias: FERAtt only: register ``attention_map.encoder`` like the reference.
       **options: as for ``build_model`` (backbone, attention_channels,
         num_feature_blocks, gmmstn_cvgg_skips_warp; baselines: embedding,
-        dropout_rate for cvgg13).
+        dropout_rate for cvgg13; ferattention_2019: num_filters,
+        num_feature_blocks, image_size (128), center_buffer_on_cuda).
 
     Returns:
       The ``nn.Module`` (in training mode, as PyTorch modules start).
@@ -501,6 +615,12 @@ def build_torch_model(
         return FERAttention(
             num_classes, dim, embedding, use_stn, include_encoder_alias=include_encoder_alias, **options
         )
+    if name == "ferattention_2019":
+        allowed = {"num_filters", "num_feature_blocks", "image_size", "center_buffer_on_cuda"}
+        unknown = set(options) - allowed
+        if unknown:
+            raise ValueError(f"model {name!r} does not take option(s) {sorted(unknown)}")
+        return FERAttention2019(num_classes, dim, include_encoder_alias=include_encoder_alias, **options)
     if name in BASELINES:
         allowed = {"embedding"} | ({"dropout_rate"} if name == "cvgg13" else set())
         unknown = set(options) - allowed
@@ -510,11 +630,12 @@ def build_torch_model(
         if name == "cvgg13":
             return CVGG13(num_classes, emb, options.get("dropout_rate", 0.5))
         return make_backbone(name, num_classes, emb)
-    raise ValueError(f"unknown model {name!r}; choose one of {tuple(FERATT_VARIANTS) + BASELINES}")
+    raise ValueError(f"unknown model {name!r}; choose one of {tuple(FERATT_VARIANTS) + ('ferattention_2019',) + BASELINES}")
 
 
 __all__ = [
     "AttentionResNet",
+    "FERAttention2019",
     "BasicBlock",
     "CVGG13",
     "FERAttention",

@@ -1,6 +1,7 @@
 """Model zoo: the four FERAtt variants and the three baseline classifiers.
 
-Every model is a Flax Linen module; ``module.apply(variables, x_BHWC,
+Every model is a Flax Linen module (``ferattention_2019`` is the paper-era
+FERAtt, with ferattentiongmmstn's outputs); ``module.apply(variables, x_BHWC,
 train=bool, mutable=[...])`` returns a dict of named outputs (always
 ``logits``; FERAtt variants add ``reconstruction``, ``attention``,
 ``features`` and, where they have them, ``embedding``, ``theta``,
@@ -15,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from feratt_jax.models.cvgg import CVGG13
-from feratt_jax.models.feratt import BACKBONES, FERAttention
+from feratt_jax.models.feratt import BACKBONES, FERAttention, FERAttention2019
 from feratt_jax.models.preact_resnet import PreActResNet18
 from feratt_jax.models.resnet import ResNet18
 
@@ -27,6 +28,11 @@ FERATT_VARIANTS = {
     "ferattentiongmmstn": (True, True),
 }
 BASELINES = {"preactresnet18": PreActResNet18, "resnet18": ResNet18, "cvgg13": CVGG13}
+# The paper-era FERAtt (reference commit 53fd5e4, reference.md 8): a model of
+# its own, since its layout differs from HEAD's ferattentiongmmstn throughout.
+PAPER_ERA_MODELS = {"ferattention_2019": FERAttention2019}
+# Our name -> the arch name the reference's checkpoints record, where they differ.
+REFERENCE_ARCH = {"ferattention_2019": "atentionresnet34"}
 # Loss variant (feratt_jax.losses.feratt_losses) of each model, as the
 # reference pairs its trainers with its archs; baselines train on CE only.
 LOSS_VARIANT = {
@@ -37,8 +43,14 @@ LOSS_VARIANT = {
     "preactresnet18": "classifier",
     "resnet18": "classifier",
     "cvgg13": "classifier",
+    "ferattention_2019": "attention_gmm_stn_2019",
 }
-MODEL_NAMES = tuple(FERATT_VARIANTS) + tuple(BASELINES)
+MODEL_NAMES = tuple(FERATT_VARIANTS) + tuple(PAPER_ERA_MODELS) + tuple(BASELINES)
+
+
+def model_name_for_arch(arch: str) -> str:
+    """Our model name for an arch name a reference checkpoint records (most are the same)."""
+    return {ref: ours for ours, ref in REFERENCE_ARCH.items()}.get(arch, arch)
 
 
 def build_model(name: str, *, num_classes: int, dim: int = 32, dtype: Any = jnp.float32, **options: Any) -> nn.Module:
@@ -56,6 +68,8 @@ def build_model(name: str, *, num_classes: int, dim: int = 32, dtype: Any = jnp.
         ``gmmstn_cvgg_skips_warp``, and for quick CPU runs ``num_filters``
         (decoder width, 32) and ``backbone_width`` (PreActResNet18, 64). Baselines: ``embedding`` (bool),
         ``dropout_rate`` for cvgg13, and ``initial_channels`` (64) for preactresnet18.
+        ferattention_2019: ``image_size`` (128), ``num_filters`` (32), ``num_feature_blocks`` (4),
+        ``backbone_width`` (64), and ``backbone`` only as "preactresnet18".
 
     Raises:
       ValueError: unknown name, bad num_classes/dim or an unknown option.
@@ -72,6 +86,11 @@ def build_model(name: str, *, num_classes: int, dim: int = 32, dtype: Any = jnp.
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
         return FERAttention(num_classes=num_classes, dim=dim, embedding=embedding, use_stn=use_stn, dtype=dtype, **options)
+    if name in PAPER_ERA_MODELS:
+        _check_options(name, options, {"backbone", "image_size", "num_filters", "num_feature_blocks", "backbone_width"})
+        if options.pop("backbone", "preactresnet18") != "preactresnet18":
+            raise ValueError(f"model {name!r} has only the preactresnet18 backbone (preactresembnetex18), as the reference")
+        return PAPER_ERA_MODELS[name](num_classes=num_classes, dim=dim, dtype=dtype, **options)
     if name in BASELINES:
         allowed = {"embedding"} | ({"dropout_rate"} if name == "cvgg13" else set()) | ({"initial_channels"} if name == "preactresnet18" else set())
         _check_options(name, options, allowed)
@@ -86,4 +105,16 @@ def _check_options(name: str, options: dict[str, Any], allowed: set[str]) -> Non
         raise ValueError(f"model {name!r} does not take option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
 
 
-__all__ = ["build_model", "MODEL_NAMES", "LOSS_VARIANT", "FERATT_VARIANTS", "BASELINES", "BACKBONES", "FERAttention"]
+__all__ = [
+    "build_model",
+    "model_name_for_arch",
+    "MODEL_NAMES",
+    "LOSS_VARIANT",
+    "FERATT_VARIANTS",
+    "PAPER_ERA_MODELS",
+    "REFERENCE_ARCH",
+    "BASELINES",
+    "BACKBONES",
+    "FERAttention",
+    "FERAttention2019",
+]

@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from feratt_jax.models.attention_unet import AttentionResNet, ConvRelu
+from feratt_jax.models.attention_unet import AttentionResNet, ConvRelu, attention_unet_2019
 from feratt_jax.models.cvgg import CVGG13
 from feratt_jax.models.layers import BatchNorm2d, Conv2d, avg_pool, normalize_layer, resize_bilinear
 from feratt_jax.models.preact_resnet import PreActResNet18
@@ -64,6 +64,18 @@ class _FeatureStack(nn.Module):
         for i in range(self.num_blocks):
             x_BHWC = ResidualBlockSR(self.dtype, name=str(i))(x_BHWC)
         return x_BHWC
+
+
+def feature_branch(x_BHWC: jax.Array, channels: int, num_blocks: int, dtype: Dtype = jnp.float32) -> jax.Array:
+    """g_ft = conv_mid(feature(conv_input(x))) + conv_input(x), as submodules of the caller.
+
+    ``conv_input`` is a 9x9 conv (3 -> channels), ``feature`` ``num_blocks``
+    LeakyReLU residual blocks and ``conv_mid`` a 3x3 conv; call inside a
+    compact method (HEAD and the paper-era model both have them at the top level).
+    """
+    f0 = Conv2d(channels, 9, 1, 4, dtype=dtype, name="conv_input")(x_BHWC)
+    out = _FeatureStack(num_blocks, dtype, name="feature")(f0)
+    return Conv2d(channels, 3, 1, 1, dtype=dtype, name="conv_mid")(out) + f0
 
 
 class _ReconstructionConvs(nn.Module):
@@ -147,9 +159,7 @@ class FERAttention(nn.Module):
 
         g_att = AttentionResNet(channels, num_filters=self.num_filters, dtype=self.dtype, name="attention_map")(x, train=train)
 
-        f0 = Conv2d(channels, 9, 1, 4, dtype=self.dtype, name="conv_input")(x)
-        out = _FeatureStack(self.num_feature_blocks, self.dtype, name="feature")(f0)
-        g_ft = Conv2d(channels, 3, 1, 1, dtype=self.dtype, name="conv_mid")(out) + f0
+        g_ft = feature_branch(x, channels, self.num_feature_blocks, self.dtype)
 
         attmap = nn.sigmoid(g_att) * g_ft
         fused = jnp.concatenate([attmap, x, g_att], axis=-1)
@@ -175,4 +185,70 @@ class FERAttention(nn.Module):
         dim = self.dim if self.embedding else None
         head = make_backbone(self.backbone, self.num_classes, dim, self.dtype, "netclass", self.backbone_width)
         outputs.update(head(backbone_input(self.backbone, classify), train=train))
+        return outputs
+
+
+# The paper-era model's hard thresholds on the reconstruction and on its warp.
+PAPER_ERA_THRESHOLD = 0.02
+
+
+class FERAttention2019(nn.Module):
+    """The paper-era FERAtt (reference commit 53fd5e4, arch ``atentionresnet34``; reference.md 8).
+
+    The code that produced the paper's tables. It has the structure of
+    ferattentiongmmstn (embedding, STN, the same output names) but:
+
+    * 128x128 input; the attention U-Net sits at the top level of the module
+      (``conv1``..``conv5``, ``center``, ``dec5``..``dec1``, ``attention_map``),
+      with a dilated centre block on conv5 and transposed-conv decoder blocks,
+      and outputs **one** attention channel;
+    * the feature branch has ``num_filters`` (32) channels and 4 residual blocks;
+    * the reconstruction is ``ConvRelu(F -> F), conv1x1(F -> 3)`` of
+      ``sigmoid(g_att) * g_ft`` only (no BatchNorm, no ReLU, no normalize
+      layer), then hard-thresholded: ``att * (|att| > 0.02)``;
+    * the STN always runs on ``mean_c(att)`` (gradient stopped); the warped
+      image is thresholded again (``>= 0.02``, as the reference) and
+      ``avg_pool(4)`` takes it to 32x32 for PreActResNet18 with the
+      embedding head.
+
+    The STN's regressor input size is fixed by ``image_size`` (128 in the
+    reference: 10*28*28 inputs); other multiples of 32 build the same network
+    with a smaller regressor (the parity tests use 64 to stay cheap).
+
+    Attributes:
+      num_classes: C.
+      dim: embedding size.
+      image_size: the input side the model accepts (128).
+      num_filters: decoder width, feature-branch and reconstruction channels (32).
+      num_feature_blocks: residual blocks of the feature branch (4).
+      backbone_width: PreActResNet18's first-stage channels (64).
+      dtype: compute dtype.
+    """
+
+    num_classes: int
+    dim: int = 32
+    image_size: int = 128
+    num_filters: int = 32
+    num_feature_blocks: int = 4
+    backbone_width: int = 64
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BHWC: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+        n = self.image_size
+        if x_BHWC.ndim != 4 or x_BHWC.shape[1:] != (n, n, 3):
+            raise ValueError(f"FERAttention2019 built for image_size={n} expects (B, {n}, {n}, 3) input, got shape {x_BHWC.shape}")
+        x = x_BHWC.astype(self.dtype)
+        nf = self.num_filters
+        g_att = attention_unet_2019(x, num_filters=nf, train=train, dtype=self.dtype)
+        g_ft = feature_branch(x, nf, self.num_feature_blocks, self.dtype)
+        att = _ReconstructionConvs(3, hidden=nf, dtype=self.dtype, name="reconstruction")(nn.sigmoid(g_att) * g_ft)
+        # Multiplying by the 0/1 mask (not jnp.where) passes the gradient where kept, as the reference.
+        att = att * (jnp.abs(att) > PAPER_ERA_THRESHOLD).astype(att.dtype)
+        theta = STN(self.dtype, input_size=n, name="stn")(jax.lax.stop_gradient(jnp.mean(att, axis=-1, keepdims=True)))
+        att_t = warp_affine(att, theta.astype(att.dtype))
+        att_t = att_t * (jnp.abs(att_t) >= PAPER_ERA_THRESHOLD).astype(att_t.dtype)
+        head = make_backbone("preactresnet18", self.num_classes, self.dim, self.dtype, "netclass", self.backbone_width)
+        outputs = {"reconstruction": att, "attention": g_att, "features": g_ft, "theta": theta, "warped": att_t}
+        outputs.update(head(avg_pool(att_t, 4), train=train))
         return outputs

@@ -64,7 +64,7 @@ def per_channel(v_C: jax.Array, ndim: int) -> jax.Array:
     return v_C.reshape((1,) * (ndim - 1) + (-1,))
 
 
-def conv_needs_matmul_form(hw: tuple[int, int], kernel_size: int, stride: int, padding: int) -> bool:
+def conv_needs_matmul_form(hw: tuple[int, int], kernel_size: int, stride: int, padding: int, dilation: int = 1) -> bool:
     """True for a convolution whose input or output map is smaller than its kernel.
 
     XLA's algebraic simplifier swaps the operands of such a convolution (the
@@ -75,11 +75,12 @@ def conv_needs_matmul_form(hw: tuple[int, int], kernel_size: int, stride: int, p
     """
     if kernel_size == 1:
         return False
-    out = [(n + 2 * padding - kernel_size) // stride + 1 for n in hw]
-    return min(*hw, *out) < kernel_size
+    span = dilation * (kernel_size - 1) + 1  # the dilated kernel's extent
+    out = [(n + 2 * padding - span) // stride + 1 for n in hw]
+    return min(*hw, *out) < span
 
 
-def conv_as_matmul(x_BHWC: jax.Array, kernel_HWIO: jax.Array, stride: int, padding: int) -> jax.Array:
+def conv_as_matmul(x_BHWC: jax.Array, kernel_HWIO: jax.Array, stride: int, padding: int, dilation: int = 1) -> jax.Array:
     """A convolution as explicit patches (pad + k*k strided slices) times the flattened kernel.
 
     Same sum as ``conv_general_dilated`` in another order (float32 results
@@ -87,11 +88,12 @@ def conv_as_matmul(x_BHWC: jax.Array, kernel_HWIO: jax.Array, stride: int, paddi
     rounding. Only used where the patch tensor is small (maps below kernel size).
     """
     kh, kw, ci, co = kernel_HWIO.shape
+    d = dilation
     xp = jnp.pad(x_BHWC, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    ho = (xp.shape[1] - kh) // stride + 1
-    wo = (xp.shape[2] - kw) // stride + 1
+    ho = (xp.shape[1] - d * (kh - 1) - 1) // stride + 1
+    wo = (xp.shape[2] - d * (kw - 1) - 1) // stride + 1
     taps_BHWC = [
-        xp[:, i : i + (ho - 1) * stride + 1 : stride, j : j + (wo - 1) * stride + 1 : stride, :]
+        xp[:, i * d : i * d + (ho - 1) * stride + 1 : stride, j * d : j * d + (wo - 1) * stride + 1 : stride, :]
         for i in range(kh)
         for j in range(kw)
     ]
@@ -113,6 +115,7 @@ class Conv2d(nn.Module):
     use_bias: bool = True
     init_style: str = "torch"
     dtype: Dtype = jnp.float32
+    dilation: int = 1
 
     @nn.compact
     def __call__(self, x_BHWC: jax.Array) -> jax.Array:
@@ -127,8 +130,8 @@ class Conv2d(nn.Module):
             raise ValueError(f"unknown init_style {self.init_style!r}")
         kernel = self.param("kernel", kernel_init, (k, k, in_features, self.features), jnp.float32)
         x, w = x_BHWC.astype(self.dtype), kernel.astype(self.dtype)
-        if conv_needs_matmul_form(x.shape[1:3], k, self.stride, self.padding):
-            y = conv_as_matmul(x, w, self.stride, self.padding)
+        if conv_needs_matmul_form(x.shape[1:3], k, self.stride, self.padding, self.dilation):
+            y = conv_as_matmul(x, w, self.stride, self.padding, self.dilation)
         else:
             pad = self.padding
             y = jax.lax.conv_general_dilated(
@@ -136,12 +139,49 @@ class Conv2d(nn.Module):
                 w,
                 window_strides=(self.stride, self.stride),
                 padding=((pad, pad), (pad, pad)),
+                rhs_dilation=(self.dilation, self.dilation),
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
             )
         if self.use_bias:
             bias = self.param("bias", bias_init, (self.features,), jnp.float32)
             y = y + per_channel(bias.astype(self.dtype), y.ndim)
         return y
+
+
+class ConvTranspose2d(nn.Module):
+    """``torch.nn.ConvTranspose2d`` in NHWC (no output_padding, groups or dilation).
+
+    The kernel is stored as (kH, kW, out, in): the generic HWIO <-> OIHW
+    transpose of the checkpoint converter then yields PyTorch's own
+    (in, out, kH, kW) layout, and Flax's fan-in rule (axis -2 times the
+    receptive field) gives PyTorch's default init bound 1/sqrt(out * k * k).
+    Computed as the equivalent forward convolution: the input dilated by the
+    stride, padded by k - 1 - padding, with the kernel flipped in space.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        fan_in = self.features * k * k
+        kernel = self.param("kernel", torch_default_kernel_init, (k, k, self.features, x_BHWC.shape[-1]), jnp.float32)
+        w_HWIO = jnp.flip(kernel.astype(self.dtype), axis=(0, 1)).transpose(0, 1, 3, 2)
+        edge = k - 1 - self.padding
+        y = jax.lax.conv_general_dilated(
+            x_BHWC.astype(self.dtype),
+            w_HWIO,
+            window_strides=(1, 1),
+            padding=((edge, edge), (edge, edge)),
+            lhs_dilation=(self.stride, self.stride),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        bias = self.param("bias", torch_default_bias_init(fan_in), (self.features,), jnp.float32)
+        return y + per_channel(bias.astype(self.dtype), y.ndim)
 
 
 class Linear(nn.Module):

@@ -51,16 +51,19 @@ class _Regressor(nn.Module):
 class STN(nn.Module):
     """Localisation net -> theta (B, 2, 3), float32.
 
-    Only 64x64 inputs are valid: the regressor's 10*12*12 input size is
-    fixed by that resolution, exactly as in the reference.
+    Only ``input_size`` x ``input_size`` inputs are valid: the regressor's
+    input size is fixed by that resolution, exactly as in the reference
+    (HEAD: 64 -> 10*12*12; the paper-era code: 128 -> 10*28*28).
     """
 
     dtype: Dtype = jnp.float32
+    input_size: int = 64
 
     @nn.compact
     def __call__(self, x_BHW1: jax.Array) -> jax.Array:
-        if x_BHW1.shape[1:] != (64, 64, 1):
-            raise ValueError(f"STN expects (B, 64, 64, 1) input, got {x_BHW1.shape}")
+        n = self.input_size
+        if x_BHW1.shape[1:] != (n, n, 1):
+            raise ValueError(f"STN expects (B, {n}, {n}, 1) input, got {x_BHW1.shape}")
         feats = _Localization(self.dtype, name="localization")(x_BHW1)
         # Flatten in PyTorch's CHW order so converted weights apply unchanged.
         feats = jnp.transpose(feats, (0, 3, 1, 2)).reshape(feats.shape[0], -1)

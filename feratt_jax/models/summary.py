@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from feratt_jax.models import build_model
+from feratt_jax.models import PAPER_ERA_MODELS, build_model
 
-# Input side each model is normally fed (the FERAtt variants always see 64).
-DEFAULT_IMAGE_SIZE = {"preactresnet18": 32, "resnet18": 224}
+# Input side each model is normally fed (HEAD's FERAtt variants always see 64).
+DEFAULT_IMAGE_SIZE = {"preactresnet18": 32, "resnet18": 224, "ferattention_2019": 128}
 
 
 def count_parameters(tree: Any) -> int:
@@ -32,7 +32,7 @@ def model_summary(
 
     Args:
       name, num_classes, dim, **options: as :func:`feratt_jax.models.build_model`.
-      image_size: input side; defaults to 64 (32 for preactresnet18, 224 for resnet18).
+      image_size: input side; defaults to 64 (32 for preactresnet18, 224 for resnet18, 128 for ferattention_2019).
       with_flops: compile the eval-mode forward once and read XLA's cost analysis.
 
     Returns:
@@ -42,6 +42,8 @@ def model_summary(
       no figure), and the arguments used.
     """
     size = image_size or DEFAULT_IMAGE_SIZE.get(name, 64)
+    if name in PAPER_ERA_MODELS:  # its STN regressor is sized for one input side
+        options.setdefault("image_size", size)
     model = build_model(name, num_classes=num_classes, dim=dim, **options)
     x = jnp.zeros((1, size, size, 3), jnp.float32)
     variables = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x))
