@@ -19,7 +19,7 @@ from feratt_jax import configs
 from feratt_jax.data import pipeline
 from feratt_jax.data.render import PRESETS
 from feratt_jax.data.splits import num_folds_for
-from feratt_jax.losses import VARIANT_TERMS
+from feratt_jax.losses import PAPER_ERA_VARIANTS, VARIANT_TERMS
 from feratt_jax.models import FERATT_VARIANTS, LOSS_VARIANT, MODEL_NAMES
 from feratt_jax.models.feratt import BACKBONES
 
@@ -30,7 +30,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "loss.variant": tuple(VARIANT_TERMS),
     "loss.mixup_label_mode": ("soft", "reference"),
     "optimizer.name": ("adam",),
-    "optimizer.schedule": ("constant", "cosine"),
+    "optimizer.schedule": ("constant", "cosine", "step"),
     "data.mode": pipeline.MODES,
     "data.split": pipeline.SPLITS,
     "data.loader": pipeline.LOADERS,
@@ -64,6 +64,8 @@ RANGES: dict[str, tuple[tuple[str, float], ...]] = {
     "optimizer.weight_decay": (_AT_LEAST_0,),
     "optimizer.warmup_steps": (_AT_LEAST_0,),
     "optimizer.grad_clip_norm": (_AT_LEAST_0,),
+    "optimizer.step_size": (_AT_LEAST_0,),
+    "optimizer.step_gamma": (_POSITIVE, ("<=", 1)),
     "data.fold": (_AT_LEAST_0,),
     "data.num_folds": (_AT_LEAST_0,),
     "data.val_subjects": ((">=", -1),),
@@ -81,6 +83,7 @@ RANGES: dict[str, tuple[tuple[str, float], ...]] = {
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
     ">=": lambda a, b: a >= b,
     ">": lambda a, b: a > b,
+    "<=": lambda a, b: a <= b,
     "<": lambda a, b: a < b,
 }
 
@@ -116,6 +119,8 @@ RESUMABLE_CHANGES = {
 DEFAULTS_OF_NEWER_FIELDS = {
     "train.precise_bn_batches": 0,
     "model.baseline_width": 0,
+    "optimizer.step_size": 0,
+    "optimizer.step_gamma": 0.1,
 }
 
 
@@ -216,10 +221,12 @@ def _cross_field_errors(config: ml_collections.ConfigDict, flat: Mapping[str, An
         if key in flat and name not in models and flat[key] != defaults.get(key):
             errors.append(f"{key}={flat[key]!r} applies only to {', '.join(models)}, not model.name={name!r}")
     variant = flat["loss.variant"]
-    if variant in VARIANT_TERMS and variant != "classifier":
+    if variant in VARIANT_TERMS and variant not in ("classifier", LOSS_VARIANT[name]):
         gmm, stn = FERATT_VARIANTS.get(name, (None, None))
-        if gmm is None or ("gmm" in variant and not gmm) or ("stn" in variant and not stn):
+        if gmm is None or ("gmm" in variant and not gmm) or ("stn" in variant and not stn) or variant in PAPER_ERA_VARIANTS:
             errors.append(f"loss.variant={variant!r} needs outputs model.name={name!r} does not produce (its own: {LOSS_VARIANT[name]!r})")
+    if flat["optimizer.schedule"] == "step" and flat["optimizer.step_size"] < 1:
+        errors.append(f"optimizer.step_size={flat['optimizer.step_size']} must be >= 1 with optimizer.schedule='step'")
     if device_count:
         for key in ("train.batch_size", "train.eval_batch_size"):
             if flat[key] % device_count:
