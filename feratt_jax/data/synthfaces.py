@@ -615,13 +615,13 @@ def _draw_cheeks(f: _Face) -> None:
             op = min(1.0, fold * 1.2)
             cv.scale(thick_curve(curve, 0.014, 0.006), 0.66, opacity=op)
             cv.scale(thick_curve(curve + np.array([s * 0.016, -0.004]), 0.016, 0.008), 1.16, opacity=op)
-        if u14[s] > 0.15:
-            # AU14 tightens one corner into a dimple: a dark crescent with a bulge beside it.
-            d = f.corner[s] + np.array([s * 0.016, -0.002])
-            seg = quad_bezier(d - np.array([0, 0.022]), d + np.array([s * 0.01, 0.0]), d + np.array([0.0, 0.022]), 8)
-            op = _fade(u14[s], 0.15, 1.6)
-            cv.scale(thick_curve(seg, 0.015, 0.008), 0.6, opacity=op)
-            cv.scale(thick_curve(seg + np.array([s * 0.014, 0.0]), 0.01), 1.15, opacity=op)
+        if u14[s] > 0.1:
+            # AU14 tightens one corner into a dimple: a shaded pit beside the
+            # corner, with the tightened corner bulging next to it.
+            d = f.corner[s] + np.array([s * 0.018, -0.002])
+            op = _fade(u14[s], 0.1, 1.5)
+            cv.scale(ellipse_poly(d[0], d[1], 0.014, 0.026, 16), 0.6, opacity=op)
+            cv.scale(ellipse_poly(d[0] - s * 0.016, d[1] - 0.004, 0.01, 0.014, 12), 1.18, opacity=op)
         op = _fade(a["AU15"], 0.2, 1.5)
         if op > 0:
             # AU15 pulls the skin below the corners down into short oblique folds.
@@ -678,15 +678,15 @@ def _draw_mouth(f: _Face) -> None:
     op = _fade(max(a["AU23"], a["AU24"]), 0.25, 1.6)
     if op > 0:
         # Pressed lips bulge the skin above and below them.
-        for dy, w in ((-0.022, 0.012), (0.026, 0.012)):
+        for dy, w in ((-0.028, 0.026), (0.032, 0.026)):
             band = quad_bezier(cl, control_for_mid(cl, np.array([cx, centre_y + dy]), cr_), cr_, 12)[2:-2]
-            cv.scale(thick_curve(band, w), 0.82, opacity=op)
+            cv.scale(thick_curve(band, w), 0.72, opacity=op)
     op = _fade(a["AU17"], 0.2, 2.0)
     if op > 0:
         # AU17 pushes the chin boss up: a deep furrow under the lower lip.
         p0, p2 = np.array([cx - 0.055, lo_mid[1] + 0.03]), np.array([cx + 0.055, lo_mid[1] + 0.03])
         curve = quad_bezier(p0, control_for_mid(p0, 0.5 * (p0 + p2) + np.array([0, 0.014]), p2), p2, 12)
-        cv.scale(thick_curve(curve, 0.011, 0.011), 0.72, opacity=op)
+        cv.scale(thick_curve(curve, 0.015, 0.015), 0.66, opacity=op)
     lms = f.lms
     lms[48] = cl
     lms[49:54] = bezier_at(cl, c_uo, cr_, np.arange(1, 6) / 6.0)
@@ -750,7 +750,7 @@ def _shading(f: _Face, config: GeneratorConfig) -> np.ndarray:
             gain *= 1.0 - 0.12 * a["AU6"] * _gauss_blob(xx, yy, sx_, sy_, 0.045, 0.012)
     if a["AU17"] > 0.05:
         bx, by = pc(idn.cx, f.mouth_y + 0.085 + 0.04 * a["AU26"])
-        gain *= 1.0 + 0.15 * a["AU17"] * _gauss_blob(xx, yy, bx, by, 0.045, 0.025)
+        gain *= 1.0 + 0.2 * a["AU17"] * _gauss_blob(xx, yy, bx, by, 0.045, 0.025)
     if a["AU26"] > 0.05:
         # The dropped jaw hollows the cheeks beside the open mouth.
         for s in (-1, 1):
