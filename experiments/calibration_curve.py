@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     config = json.loads((workdir / "config.json").read_text())
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     val = [(r["step"], r["val/accuracy"]) for r in rows if "val/accuracy" in r]
-    summary = curve_summary([s for s, _ in val], [a for _, a in val], int(config["train"]["batch_size"]), int(config["train"]["num_steps"]))
+    train = config["train"]
+    summary = curve_summary([s for s, _ in val], [a for _, a in val], int(train["batch_size"]), int(train["num_steps"]))
     summary["workdir_config"] = {k: config[k] for k in ("model", "data", "train", "optimizer") if k in config}
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

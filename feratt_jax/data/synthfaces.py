@@ -94,7 +94,8 @@ class GeneratorConfig:
     """Parameters of the face generator (all part of the cache key).
 
     Attributes:
-      gain_range: range of the expression gain (the "intensity level").
+      gain_range: range of the expression gain (the "intensity level");
+        0.6-1.0 models posed peak expressions (docs/training.md section 0).
       au_noise: std of the Gaussian nuisance added to every AU before clipping.
       pose_jitter: std of the small in-plane roll (radians) applied per face;
         shift and scale jitter are proportional to it.
@@ -391,10 +392,6 @@ class _Face:
     @property
     def cx(self) -> float:
         return self.idn.cx
-
-    @property
-    def cy(self) -> float:
-        return self.idn.cy
 
 
 def _fade(value: float, start: float, slope: float) -> float:
