@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import experiment_scripts
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("calibration_curve", REPO / "experiments" / "calibration_curve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return experiment_scripts.load("calibration_curve")
 
 
 def test_milestones_and_last_quarter_gain():
