@@ -81,7 +81,17 @@ def _run_train(args: argparse.Namespace) -> int:
             f"macro-R {test['macro_recall']:.4f}  reference-F1 {test['reference_f1']:.4f}  "
             f"({test['num_examples']} images; {args.workdir}/eval/metrics.json)"
         )
+        if config.train.get("final_figures", False):
+            _write_final_figures(args.workdir)
     return 0
+
+
+def _write_final_figures(workdir: str) -> None:
+    """The test confusion matrix and attention/reconstruction grid of the best checkpoint (``feratt eval``'s)."""
+    from feratt_jax.evaluate import evaluate_run
+
+    evaluate_run(workdir, split="test")
+    print(f"figures: {workdir}/eval/confusion_test.png, {workdir}/eval/attention_test.png")
 
 
 def _add_eval(subparsers: argparse._SubParsersAction) -> None:

@@ -108,6 +108,9 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     # each evaluation (feratt_jax/precise_bn.py); 0 = evaluate with the
     # running averages, as the reference does.
     c.train.precise_bn_batches = 0
+    # `feratt train` ends by writing the test confusion matrix and the
+    # attention/reconstruction grid of the best checkpoint to workdir/eval/.
+    c.train.final_figures = False
     c.train.profile = False
     c.train.init_from = ""  # a model export dir (feratt convert) or another run's workdir
     c.train.distributed = False
@@ -187,6 +190,8 @@ def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # At lr 1e-3 over 800 steps the running averages trail the weights enough
     # to put a learning network at chance in eval mode (docs/training.md).
     c.train.precise_bn_batches = 16
+    # The main job shows what the model learned without a second command.
+    c.train.final_figures = True
     c.optimizer.learning_rate = 1e-3
     return c
 

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import experiment_scripts
 
 
 def _paper_table():
-    spec = importlib.util.spec_from_file_location("paper_table", REPO / "experiments" / "paper_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return experiment_scripts.load("paper_table")
 
 
 def _fold(tmp_path: pathlib.Path, k: int, cm: list[list[int]], speed: float = 0.0) -> dict:

@@ -84,6 +84,98 @@ def test_every_class_differs_from_neutral():
             assert (np.abs(img_expr - img_neut) > 20).sum() >= 20, (subject, label)
 
 
+# Where each action unit's appearance change belongs: iBUG landmarks of the
+# neutral face (FACS: AU1 inner brow, AU2 outer brow, AU4 glabella, AU5/6/7
+# lids and cheeks, AU9 nose, AU10-AU26 mouth, AU17 chin, AU14 one corner).
+_AU_REGION = {
+    "AU1": [19, 20, 21, 22, 23, 24], "AU2": [17, 18, 25, 26], "AU4": [21, 22], "AU5": list(range(36, 48)),
+    "AU6": list(range(36, 48)), "AU7": list(range(36, 48)), "AU9": [27, 28, 29, 30], "AU10": [50, 51, 52],
+    "AU12": [48, 54], "AU15": [48, 54], "AU17": [57, 8], "AU20": [48, 54], "AU23": [51, 57], "AU24": [51, 57],
+    "AU25": [62, 66], "AU26": [62, 66], "L12": [48], "R12": [54], "L14": [48], "R14": [54],
+}
+
+
+def _at_64px(image):
+    """The face as the model sees it: 128 -> 64 (2x2 mean), then the renderer's kind of blur."""
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(image.astype(np.float32).reshape(64, 2, 64, 2).mean((1, 3)), 1.0)
+
+
+@pytest.mark.parametrize("name", synthfaces.AU_NAMES)
+def test_every_action_unit_survives_64px_where_facs_puts_it(name):
+    # Each AU alone at full intensity changes a filled region of the 64x64
+    # face (not a 1-pixel line the blur erases), centred where FACS puts it.
+    # The v1 line drawings failed this for AU9, AU14, AU17 and AU20 (no pixel
+    # changed by more than 8 grey levels).
+    assert set(_AU_REGION) == set(synthfaces.AU_NAMES)
+    for subject in (1, 2, 3):
+        idn = synthfaces.sample_identity(0, subject)
+        au = np.zeros(len(synthfaces.AU_NAMES), np.float32)
+        au[synthfaces.AU_NAMES.index(name)] = 1.0
+        expr, _, _ = synthfaces.render_face(idn, au, np.random.default_rng(5))
+        neut, _, lms = synthfaces.render_face(idn, np.zeros_like(au), np.random.default_rng(5))
+        ys, xs = np.nonzero(np.abs(_at_64px(expr) - _at_64px(neut)) > 8.0)
+        assert len(xs) >= 5, (name, subject, len(xs))
+        centre = np.array([xs.mean(), ys.mean()])
+        target = lms[_AU_REGION[name]].mean(0) / 2.0
+        assert np.linalg.norm(centre - target) < 8.0, (name, subject, centre, target)
+
+
+def test_landmarks_follow_the_action_units():
+    idn = synthfaces.sample_identity(0, 2)
+
+    def landmarks(**units):
+        au = np.zeros(len(synthfaces.AU_NAMES), np.float32)
+        for k, v in units.items():
+            au[synthfaces.AU_NAMES.index(k)] = v
+        return synthfaces.render_face(idn, au, np.random.default_rng(5))[2]
+
+    neutral = landmarks()
+    smile, frown = landmarks(AU12=1.0), landmarks(AU15=1.0)
+    # y grows downwards: AU12 lifts both lip corners (48, 54), AU15 lowers them.
+    assert np.all(smile[[48, 54], 1] < neutral[[48, 54], 1] - 3)
+    assert np.all(frown[[48, 54], 1] > neutral[[48, 54], 1] + 3)
+    # Contempt's AU14/AU12 on the image-left side move that corner only.
+    left = landmarks(L12=1.0, L14=1.0)
+    assert left[48, 1] < neutral[48, 1] - 3 and abs(left[54, 1] - neutral[54, 1]) < 0.5
+    # AU26 drops the jaw: the chin (8) and the lower inner lip (66) move down.
+    jaw = landmarks(AU26=1.0)
+    assert jaw[8, 1] > neutral[8, 1] + 3 and jaw[66, 1] > neutral[66, 1] + 5
+    # AU1 lifts the inner brow ends (21, 22), AU4 lowers them and draws them together.
+    inner_up, inner_down = landmarks(AU1=1.0), landmarks(AU4=1.0)
+    assert np.all(inner_up[[21, 22], 1] < neutral[[21, 22], 1] - 5)
+    assert np.all(inner_down[[21, 22], 1] > neutral[[21, 22], 1] + 4)
+    assert inner_down[22, 0] - inner_down[21, 0] < neutral[22, 0] - neutral[21, 0] - 3
+    # AU5 opens the eye (upper lid 37/38 up), AU7 narrows it.
+    aperture = lambda lm: lm[[40, 41], 1].mean() - lm[[37, 38], 1].mean()  # noqa: E731
+    assert aperture(landmarks(AU5=1.0)) > 1.5 * aperture(neutral) > 1.5 * aperture(landmarks(AU7=1.0))
+
+
+# Mean grey level of subject 1's faces (seed 0, index 0), one per class.
+# They pin the drawing: if they change, the faces changed, so bump
+# synthfaces.GENERATOR_VERSION (the face-bank cache key) and update them.
+GOLDEN_CLASS_MEANS = {2: [85.401, 93.365, 91.829, 94.674, 89.671, 89.019, 89.142, 95.423]}
+
+
+def test_drawing_changes_bump_the_generator_version():
+    assert synthfaces.GENERATOR_VERSION in GOLDEN_CLASS_MEANS, "new GENERATOR_VERSION: add its golden class means"
+    means = [synthfaces.generate_face(1, c, 0)["image"].astype(np.float64).mean() for c in range(synthfaces.NUM_CLASSES)]
+    np.testing.assert_allclose(
+        means,
+        GOLDEN_CLASS_MEANS[synthfaces.GENERATOR_VERSION],
+        atol=0.01,
+        err_msg="the faces changed: bump GENERATOR_VERSION (stale face-bank caches) and update GOLDEN_CLASS_MEANS",
+    )
+
+
+def test_cache_key_carries_the_generator_version(monkeypatch):
+    cfg = synthfaces.GeneratorConfig()
+    key = facebank.bank_cache_key(3, 2, 0, 8, cfg)
+    monkeypatch.setattr(synthfaces, "GENERATOR_VERSION", synthfaces.GENERATOR_VERSION + 1)
+    assert facebank.bank_cache_key(3, 2, 0, 8, cfg) != key
+
+
 def test_prototype_action_units():
     rng = np.random.default_rng(0)
     cfg = synthfaces.GeneratorConfig(au_noise=0.0, gain_range=(1.0, 1.0))
@@ -127,7 +219,7 @@ def test_bank_order_cache_and_workers(tmp_path):
     np.testing.assert_array_equal(bank["index"][:4], [0, 1, 0, 1])
     first = facebank.load_or_build_bank(**kw, cache_dir=tmp_path)
     files = list(tmp_path.glob("synthfaces-v*.npz"))
-    assert len(files) == 1
+    assert len(files) == 1 and files[0].name.startswith(f"synthfaces-v{synthfaces.GENERATOR_VERSION}-")
     t0 = time.perf_counter()
     again = facebank.load_or_build_bank(**kw, cache_dir=tmp_path)
     assert time.perf_counter() - t0 < 1.0

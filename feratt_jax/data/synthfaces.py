@@ -51,7 +51,7 @@ from feratt_jax.data._raster import (
 )
 
 # Bump whenever the drawing changes: it is part of the face-bank cache key.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 FACE_SIZE = 128
 NUM_LANDMARKS = 68
@@ -94,7 +94,8 @@ class GeneratorConfig:
     """Parameters of the face generator (all part of the cache key).
 
     Attributes:
-      gain_range: range of the expression gain (the "intensity level").
+      gain_range: range of the expression gain (the "intensity level");
+        0.6-1.0 models posed peak expressions (docs/training.md section 0).
       au_noise: std of the Gaussian nuisance added to every AU before clipping.
       pose_jitter: std of the small in-plane roll (radians) applied per face;
         shift and scale jitter are proportional to it.
@@ -107,7 +108,7 @@ class GeneratorConfig:
       floor: the dark format's additive floor (0.2 gives face pixels >= 51).
     """
 
-    gain_range: tuple[float, float] = (0.5, 1.0)
+    gain_range: tuple[float, float] = (0.6, 1.0)
     au_noise: float = 0.07
     pose_jitter: float = 0.035
     blur_sigma: float = 0.6
@@ -372,6 +373,389 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return _GRID_CACHE[size]
 
 
+@dataclasses.dataclass
+class _Face:
+    """State shared by the feature drawers of one face (canvas units)."""
+
+    idn: Identity
+    a: dict[str, float]  # AU intensities by name
+    cv: _Canvas
+    rng: np.random.Generator
+    lms: np.ndarray  # (68, 2) landmarks being filled in
+    eye_y: float = 0.0
+    tip_y: float = 0.0
+    mouth_y: float = 0.0
+    nose_w: float = 0.0
+    eyes: dict[int, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    corner: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    @property
+    def cx(self) -> float:
+        return self.idn.cx
+
+
+def _fade(value: float, start: float, slope: float) -> float:
+    """Opacity of an appearance change that starts at AU intensity ``start``."""
+    return float(np.clip((value - start) * slope, 0.0, 1.0))
+
+
+def _draw_head(f: _Face) -> None:
+    """Head, beard and hair (they define the mask); jaw landmarks 0-16."""
+    idn, cv = f.idn, f.cv
+    ctr = np.array([idn.cx, idn.cy])
+    # AU26 drops the jaw: the lower face lengthens.
+    jaw_drop = f.a["AU26"]
+    cv.fill(_outline(idn, np.linspace(0.0, 2 * np.pi, 72, endpoint=False), jaw_drop), idn.skin, to_mask=True, sub=3)
+    # Jaw landmarks 0..16: from the image-left ear level, round the chin, to the right.
+    delta = 0.15
+    t_jaw = (np.pi + delta) - np.arange(17) * (np.pi + 2 * delta) / 16.0
+    f.lms[0:17] = ctr[None, :] + 0.96 * (_outline(idn, t_jaw, jaw_drop) - ctr[None, :])
+    if idn.beard > 0:
+        # Lower-face polygon: the outline below the nose-tip line.
+        pts = _outline(idn, np.linspace(-0.25, np.pi + 0.25, 40), jaw_drop)
+        pts = pts[pts[:, 1] > f.tip_y + 0.02]
+        if len(pts) > 2:
+            cv.scale(pts, 1.0 - idn.beard)
+    if idn.hair is not None:
+        side = idn.hair_side
+        t_out = np.linspace(np.pi + side - 0.08, 2 * np.pi - side + 0.08, 40)
+        outer = ctr[None, :] + (1.0 + idn.hair_volume / idn.face_b) * (_outline(idn, t_out, 0.0) - ctr[None, :])
+        p_r = _outline(idn, np.array([2 * np.pi - side]), 0.0)[0]
+        p_l = _outline(idn, np.array([np.pi + side]), 0.0)[0]
+        mid = np.array([idn.cx, idn.cy - idn.face_b + idn.hair_drop])
+        line = quad_bezier(p_r, control_for_mid(p_r, mid, p_l), p_l, 16)
+        cv.fill(np.concatenate([outer, line], axis=0), idn.hair, to_mask=True, sub=3)
+
+
+def _draw_forehead(f: _Face) -> None:
+    """Forehead furrows of AU1 (centre) and AU2 (sides), glabella furrows and bulge of AU4."""
+    idn, cv, a, cx = f.idn, f.cv, f.a, f.cx
+    raise_ = max(a["AU1"], a["AU2"])
+    op = _fade(raise_, 0.2, 1.6)
+    if op > 0:
+        # AU1 wrinkles the middle of the forehead, AU2 its sides; bands, not lines,
+        # so they survive 64x64 and the renderer's blur.
+        half = 0.05 + 0.09 * min(1.0, a["AU2"] / max(raise_, 1e-6))
+        for j in range(3):
+            y0 = f.eye_y - idn.brow_h - 0.055 - 0.032 * j
+            p0, p2 = np.array([cx - half, y0 + 0.01]), np.array([cx + half, y0 + 0.01])
+            curve = quad_bezier(p0, control_for_mid(p0, np.array([cx, y0 - 0.004 * a["AU1"]]), p2), p2, 14)
+            cv.scale(thick_curve(curve, 0.009), 0.76, opacity=op)
+            cv.scale(thick_curve(curve + np.array([0.0, 0.012]), 0.008), 1.12, opacity=op)
+    op = _fade(a["AU4"], 0.25, 1.8)
+    if op > 0:
+        # Lowered, drawn-together brows bunch the skin between them: vertical
+        # furrows and a shaded bulge over the nose root.
+        top, bottom = f.eye_y - idn.brow_h - 0.03, f.eye_y - idn.brow_h + 0.04
+        cv.scale(ellipse_poly(cx, 0.5 * (top + bottom), 0.035, 0.045, 18), 0.8, opacity=op)
+        for s in (-1, 1):
+            seg = np.array([[cx + s * 0.012, top], [cx + s * 0.016, bottom]])
+            cv.scale(thick_curve(seg, 0.011, 0.008), 0.66, opacity=op)
+
+
+def _draw_eyes(f: _Face) -> None:
+    """Eyes with AU5 (lid raise), AU6/AU7 (lower lid up, bulge) and crow's feet; landmarks 36-47."""
+    idn, cv, a, cx, lms = f.idn, f.cv, f.a, f.cx, f.lms
+    up_ap = idn.eye_h * (1 + 1.1 * a["AU5"]) * (1 - 0.5 * a["AU7"]) * (1 - 0.2 * a["AU4"]) * (1 - 0.15 * a["AU6"])
+    lo_ap = idn.eye_h * idn.eye_lower * (1 + 0.5 * a["AU5"]) * (1 - 0.75 * a["AU6"]) * (1 - 0.6 * a["AU7"])
+    lo_ap = max(lo_ap, 0.002)
+    gaze = f.rng.uniform(-0.3, 0.3) * idn.eye_hw
+    for s in (-1, 1):
+        k = 0 if s < 0 else 1
+        ex = cx + s * idn.eye_dx
+        ey = f.eye_y + (idn.asym[0] if s < 0 else -idn.asym[0])
+        inner = np.array([ex - s * idn.eye_hw, ey])
+        # AU7 straightens the lower lid and lifts the outer corner slightly.
+        outer = np.array([ex + s * idn.eye_hw, ey + idn.eye_tilt - 0.006 * a["AU7"]])
+        mid = 0.5 * (inner + outer)
+        c_up = control_for_mid(inner, mid - np.array([0.0, up_ap]), outer)
+        c_lo = control_for_mid(inner, mid + np.array([0.0, lo_ap]), outer)
+        upper = quad_bezier(inner, c_up, outer, 14)
+        lower = quad_bezier(inner, c_lo, outer, 14)
+        cv.fill(np.concatenate([upper, lower[::-1]], axis=0), idn.sclera_lum)
+        # Iris and pupil stay where they are while the lids move: AU5 bares the
+        # sclera above the iris. The lids are re-drawn over them to clip them.
+        ic = np.array([ex + gaze, ey - 0.15 * idn.eye_h])
+        cv.fill(ellipse_poly(ic[0], ic[1], idn.iris_r, idn.iris_r, 20), idn.iris_lum)
+        cv.fill(ellipse_poly(ic[0], ic[1], 0.45 * idn.iris_r, 0.45 * idn.iris_r, 14), 0.04)
+        lid_top = np.concatenate([upper, (upper - np.array([0.0, idn.iris_r * 2.2]))[::-1]], axis=0)
+        lid_bot = np.concatenate([lower, (lower + np.array([0.0, idn.iris_r * 2.2]))[::-1]], axis=0)
+        cv.fill(lid_top, idn.skin * (0.93 + 0.06 * a["AU5"]))
+        cv.fill(lid_bot, idn.skin * 0.97)
+        cv.fill(thick_curve(upper, 0.006, 0.008), 0.06)  # lash line
+        # The lid crease: hidden by AU5 (the lid retracts into it), deep in a neutral eye.
+        crease = upper - np.array([0.0, 0.012 + 0.25 * up_ap])
+        cv.scale(thick_curve(crease[2:-1], 0.005), 0.8, opacity=1.0 - 0.8 * a["AU5"])
+        cv.scale(thick_curve(lower[1:-1], 0.003), 0.85)
+        # AU6/AU7 bunch the lower lid into a shaded bulge under the eye.
+        bulge = max(a["AU7"], a["AU6"])
+        if bulge > 0.15:
+            under = lower + np.array([0.0, 0.014])
+            cv.scale(thick_curve(under[2:-2], 0.012, 0.012), 0.8, opacity=_fade(bulge, 0.15, 1.5))
+        f.eyes[k] = {"inner": inner, "outer": outer, "center": np.array([ex, ey])}
+        # iBUG: 36-41 image-left eye from the outer corner, 42-47 image-right eye from the inner corner.
+        if s < 0:
+            up_pts = bezier_at(outer, c_up, inner, np.array([1 / 3, 2 / 3]))
+            lo_pts = bezier_at(outer, c_lo, inner, np.array([2 / 3, 1 / 3]))
+            lms[36], lms[37:39], lms[39], lms[40:42] = outer, up_pts, inner, lo_pts
+        else:
+            up_pts = bezier_at(inner, c_up, outer, np.array([1 / 3, 2 / 3]))
+            lo_pts = bezier_at(inner, c_lo, outer, np.array([2 / 3, 1 / 3]))
+            lms[42], lms[43:45], lms[45], lms[46:48] = inner, up_pts, outer, lo_pts
+        op = _fade(a["AU6"], 0.2, 1.5)
+        if op > 0:
+            # Crow's feet: a fan of wedges at the outer corner.
+            for ang in (-0.4, 0.0, 0.4):
+                d = np.array([s * math.cos(ang), math.sin(ang)])
+                p0 = outer + s * np.array([0.01, 0.0])
+                cv.scale(thick_curve(np.stack([p0, p0 + 0.04 * d]), 0.008, 0.003), 0.72, opacity=op)
+
+
+def _draw_brows(f: _Face) -> None:
+    """Brows: AU1 lifts the inner ends, AU2 the outer ends, AU4 (and AU9) lower and join them; landmarks 17-26."""
+    idn, cv, a, cx = f.idn, f.cv, f.a, f.cx
+    th = idn.brow_th * (1 + 0.3 * a["AU4"])
+    lower = a["AU4"] + 0.4 * a["AU9"]
+    for s in (-1, 1):
+        by = f.eyes[0 if s < 0 else 1]["center"][1] - idn.brow_h + (idn.asym[1] if s < 0 else -idn.asym[1])
+        inner = np.array(
+            [cx + s * (idn.brow_gap - 0.025 * a["AU4"] + idn.asym[3]), by - 0.075 * a["AU1"] + 0.065 * lower]
+        )
+        outer = np.array([cx + s * (idn.brow_gap + idn.brow_len), by + 0.15 * idn.brow_h - 0.07 * a["AU2"] + 0.015 * lower])
+        mid = 0.5 * (inner + outer) - np.array([0.0, idn.brow_arch + 0.025 * a["AU2"]])
+        ctrl = control_for_mid(inner, mid, outer)
+        cv.fill(thick_curve(quad_bezier(inner, ctrl, outer, 16), th, 0.55 * th), idn.brow_lum)
+        pts = bezier_at(inner, ctrl, outer, np.linspace(0.0, 1.0, 5))
+        if s < 0:
+            f.lms[17:22] = pts[::-1]
+        else:
+            f.lms[22:27] = pts
+
+
+def _draw_nose(f: _Face) -> None:
+    """Nose with AU9 (wrinkled bridge, raised and flared wings); landmarks 27-35."""
+    idn, cv, a, cx, ey = f.idn, f.cv, f.a, f.cx, f.eye_y
+    f.lms[27:31] = np.stack([np.full(4, cx), ey - 0.01 + np.arange(4) * (idn.nose_len + 0.01) / 3.0], axis=1)
+    nw = idn.nose_w * (1 + 0.25 * a["AU9"] + 0.1 * a["AU10"])
+    f.nose_w = nw
+    wing_up = 0.02 * a["AU9"] + 0.008 * a["AU10"]
+    base_y = f.tip_y + 0.018 - wing_up
+    f.lms[31:36] = np.array(
+        [
+            [cx - nw, base_y - 0.004],
+            [cx - 0.5 * nw, base_y + 0.004],
+            [cx, base_y + 0.008 + 0.5 * wing_up],
+            [cx + 0.5 * nw, base_y + 0.004],
+            [cx + nw, base_y - 0.004],
+        ]
+    )
+    light_side = 1 if f.rng.uniform() < 0.5 else -1
+    bridge = np.array([[cx + light_side * 0.018, ey + 0.0], [cx + light_side * 0.022, f.tip_y - 0.01]])
+    cv.scale(thick_curve(bridge, 0.012, 0.016), 0.9)
+    cv.scale(ellipse_poly(cx, f.tip_y + 0.02, 0.05, 0.012, 18), 0.85)  # shadow under the tip
+    cv.fill(ellipse_poly(cx, f.tip_y - 0.004, 0.018, 0.012, 14), min(idn.skin * 1.08, 0.8), opacity=0.7)
+    for s in (-1, 1):
+        cv.fill(ellipse_poly(cx + s * 0.45 * nw, base_y, 0.012, 0.006 + 0.003 * a["AU9"], 14, angle=s * 0.3), idn.skin * 0.3)
+        wing_c = np.array([cx + s * nw, base_y - 0.01])
+        arc = np.stack(
+            [wing_c + np.array([s * 0.012 * math.cos(q), 0.014 * math.sin(q)]) for q in np.linspace(-1.6, 1.3, 8)]
+        )
+        cv.scale(thick_curve(arc, 0.004 + 0.004 * a["AU9"]), 0.72)
+    op = _fade(a["AU9"], 0.15, 1.6)
+    if op > 0:
+        # Nose wrinkle: the skin of the bridge folds into dark oblique bands
+        # between bright ridges, over a shaded nose root.
+        cv.scale(ellipse_poly(cx, ey + 0.02, 0.035, 0.035, 18), 0.82, opacity=op)
+        for s in (-1, 1):
+            for j in range(3):
+                p0 = np.array([cx + s * 0.004, ey + 0.004 + 0.02 * j])
+                seg = np.stack([p0, p0 + np.array([s * 0.04, 0.02])])
+                cv.scale(thick_curve(seg, 0.008), 0.68, opacity=op)
+                cv.scale(thick_curve(seg + np.array([0.0, 0.01]), 0.006), 1.15, opacity=op)
+
+
+def _mouth_corners(f: _Face) -> None:
+    """Lip corners: AU12 pulls them up and out, AU15 down, AU20 sideways, AU23/24 in, AU14 in and up."""
+    idn, a = f.idn, f.a
+    u12 = {-1: a["L12"], 1: a["R12"]}
+    u14 = {-1: a["L14"], 1: a["R14"]}
+    tight = max(a["AU23"], a["AU24"])
+    hw = idn.mouth_hw * (1 + 0.3 * a["AU12"] + 0.45 * a["AU20"]) * (1 - 0.2 * tight) * (1 - 0.15 * a["AU26"])
+    for s in (-1, 1):
+        x = f.cx + s * (hw + 0.02 * u12[s] - 0.004 * u14[s])
+        y = (
+            f.mouth_y
+            - 0.075 * a["AU12"]
+            + 0.065 * a["AU15"]
+            + 0.015 * a["AU20"]
+            - 0.1 * u12[s]
+            - 0.012 * u14[s]
+            + (idn.asym[2] if s < 0 else -idn.asym[2])
+        )
+        f.corner[s] = np.array([x, y])
+
+
+def _draw_cheeks(f: _Face) -> None:
+    """Nasolabial folds (AU6/9/10/12), the contempt dimple (AU14) and the lip depressor folds (AU15)."""
+    cv, a, cx = f.cv, f.a, f.cx
+    u12 = {-1: a["L12"], 1: a["R12"]}
+    u14 = {-1: a["L14"], 1: a["R14"]}
+    for s in (-1, 1):
+        fold = max(a["AU12"], a["AU10"], 0.8 * a["AU9"], u12[s], 0.6 * a["AU6"])
+        if fold > 0.1:
+            # A filled crescent from the nose wing to past the lip corner: the
+            # raised cheek overhangs it, so its lateral side is lit.
+            p0 = np.array([cx + s * (f.nose_w + 0.01), f.tip_y - 0.008])
+            p2 = f.corner[s] + np.array([s * 0.028, 0.02])
+            ctrl = 0.5 * (p0 + p2) + np.array([s * 0.03, -0.005])
+            curve = quad_bezier(p0, ctrl, p2, 14)
+            op = min(1.0, fold * 1.2)
+            cv.scale(thick_curve(curve, 0.014, 0.006), 0.66, opacity=op)
+            cv.scale(thick_curve(curve + np.array([s * 0.016, -0.004]), 0.016, 0.008), 1.16, opacity=op)
+        if u14[s] > 0.1:
+            # AU14 tightens one corner into a dimple: a shaded pit beside the
+            # corner, with the tightened corner bulging next to it.
+            d = f.corner[s] + np.array([s * 0.018, -0.002])
+            op = _fade(u14[s], 0.1, 1.5)
+            cv.scale(ellipse_poly(d[0], d[1], 0.014, 0.026, 16), 0.6, opacity=op)
+            cv.scale(ellipse_poly(d[0] - s * 0.016, d[1] - 0.004, 0.01, 0.014, 12), 1.18, opacity=op)
+        op = _fade(a["AU15"], 0.2, 1.5)
+        if op > 0:
+            # AU15 pulls the skin below the corners down into short oblique folds.
+            p0 = f.corner[s] + np.array([s * 0.004, 0.006])
+            seg = np.stack([p0, p0 + np.array([s * 0.012, 0.045])])
+            cv.scale(thick_curve(seg, 0.01, 0.005), 0.7, opacity=op)
+
+
+def _draw_mouth(f: _Face) -> None:
+    """Lips and mouth opening (AU10/12/15/17/20/23/24/25/26); landmarks 48-67."""
+    idn, cv, a, cx = f.idn, f.cv, f.a, f.cx
+    u12 = {-1: a["L12"], 1: a["R12"]}
+    cl, cr_ = f.corner[-1], f.corner[1]
+    centre_y = f.mouth_y - 0.012 * a["AU12"] - 0.012 * (u12[-1] + u12[1])
+    # AU25 parts the lips, AU26 drops the jaw (an opening that grows faster at
+    # high intensity, the mouth stretch of a surprised face); a smile opens
+    # into a crescent, AU20 into a wide slot.
+    opening = 0.025 * a["AU25"] + 0.07 * a["AU26"] + 0.05 * a["AU26"] ** 2 + 0.045 * a["AU20"] * min(1.0, 3 * a["AU26"])
+    open_u = 0.3 * opening + 0.035 * a["AU10"] + 0.005 * a["AU12"]
+    open_l = max(0.7 * opening + 0.05 * a["AU12"] * a["AU25"] ** 0.5 - 0.015 * a["AU17"], -open_u)
+    press = max(1 - 0.7 * a["AU23"] - 0.6 * a["AU24"], 0.2)
+    tu = idn.lip_u * press
+    tl = idn.lip_l * press * (1 + 0.3 * a["AU17"])
+    ui_mid = np.array([cx, centre_y - open_u])
+    li_mid = np.array([cx, centre_y + open_l])
+    uo_mid = ui_mid - np.array([0.0, tu])
+    lo_mid = li_mid + np.array([0.0, tl])
+    c_ui = control_for_mid(cl, ui_mid, cr_)
+    c_li = control_for_mid(cl, li_mid, cr_)
+    c_uo = control_for_mid(cl, uo_mid, cr_)
+    c_lo = control_for_mid(cl, lo_mid, cr_)
+    n = 18
+    ui, li = quad_bezier(cl, c_ui, cr_, n), quad_bezier(cl, c_li, cr_, n)
+    uo, lo = quad_bezier(cl, c_uo, cr_, n), quad_bezier(cl, c_lo, cr_, n)
+    if a["AU10"] > 0.1:
+        # AU10 lifts the middle of the upper lip more than its sides (an angular upper lip).
+        bump = 0.02 * a["AU10"] * np.sin(np.linspace(0.0, np.pi, n)) ** 2
+        ui = ui - np.stack([np.zeros(n), bump], axis=1)
+        uo = uo - np.stack([np.zeros(n), bump], axis=1)
+    if opening + 0.03 * a["AU10"] + 0.02 * a["AU12"] > 0.004:
+        cv.fill(np.concatenate([ui, li[::-1]], axis=0), 0.07)
+        teeth_h = 0.026
+        if a["AU12"] > 0.25 or a["AU10"] > 0.3:
+            # Upper teeth show in a smile and under a raised upper lip.
+            lower_edge = np.minimum(ui[:, 1] + teeth_h, np.maximum(li[:, 1], ui[:, 1]))
+            cv.fill(np.concatenate([ui, np.stack([ui[:, 0], lower_edge], axis=1)[::-1]], axis=0), 0.75)
+        if a["AU20"] > 0.3 and opening > 0.02:
+            # A stretched, open mouth (fear) bares the lower teeth.
+            upper_edge = np.maximum(li[:, 1] - 0.7 * teeth_h, np.minimum(ui[:, 1], li[:, 1]))
+            cv.fill(np.concatenate([li, np.stack([li[:, 0], upper_edge], axis=1)[::-1]], axis=0), 0.7)
+    cv.fill(np.concatenate([uo, ui[::-1]], axis=0), idn.lip_lum)
+    cv.fill(np.concatenate([li, lo[::-1]], axis=0), idn.lip_lum * 1.05)
+    cv.fill(thick_curve(0.5 * (ui + li), 0.004 + 0.004 * max(a["AU23"], a["AU24"])), idn.lip_lum * 0.45)
+    op = _fade(max(a["AU23"], a["AU24"]), 0.25, 1.6)
+    if op > 0:
+        # Pressed lips bulge the skin above and below them.
+        for dy, w in ((-0.028, 0.026), (0.032, 0.026)):
+            band = quad_bezier(cl, control_for_mid(cl, np.array([cx, centre_y + dy]), cr_), cr_, 12)[2:-2]
+            cv.scale(thick_curve(band, w), 0.72, opacity=op)
+    op = _fade(a["AU17"], 0.2, 2.0)
+    if op > 0:
+        # AU17 pushes the chin boss up: a deep furrow under the lower lip.
+        p0, p2 = np.array([cx - 0.055, lo_mid[1] + 0.03]), np.array([cx + 0.055, lo_mid[1] + 0.03])
+        curve = quad_bezier(p0, control_for_mid(p0, 0.5 * (p0 + p2) + np.array([0, 0.014]), p2), p2, 12)
+        cv.scale(thick_curve(curve, 0.015, 0.015), 0.66, opacity=op)
+    lms = f.lms
+    lms[48] = cl
+    lms[49:54] = bezier_at(cl, c_uo, cr_, np.arange(1, 6) / 6.0)
+    lms[54] = cr_
+    lms[55:60] = bezier_at(cl, c_lo, cr_, np.arange(5, 0, -1) / 6.0)
+    lms[60] = cl + np.array([0.006, 0.0])
+    lms[61:64] = bezier_at(cl, c_ui, cr_, np.array([0.25, 0.5, 0.75]))
+    lms[64] = cr_ - np.array([0.006, 0.0])
+    lms[65:68] = bezier_at(cl, c_li, cr_, np.array([0.75, 0.5, 0.25]))
+
+
+def _draw_distractors(f: _Face) -> None:
+    """Glasses and a mole: identity features that carry no expression."""
+    idn, cv = f.idn, f.cv
+    if idn.glasses:
+        for k in (0, 1):
+            e = f.eyes[k]["center"]
+            ring = ellipse_poly(e[0], e[1] - 0.005, idn.eye_hw * 1.45, idn.eye_hw * 1.05, 28)
+            cv.fill(thick_curve(np.concatenate([ring, ring[:1]], axis=0), 0.007), 0.08)
+        l0, r0 = f.eyes[0]["center"], f.eyes[1]["center"]
+        bridge = np.array([[l0[0] + idn.eye_hw * 1.4, l0[1] - 0.01], [r0[0] - idn.eye_hw * 1.4, r0[1] - 0.01]])
+        cv.fill(thick_curve(bridge, 0.006), 0.08)
+    if idn.mole is not None:
+        cv.fill(ellipse_poly(idn.cx + idn.mole[0], idn.cy + idn.mole[1], 0.006, 0.006, 10), idn.skin * 0.45)
+
+
+def _shading(f: _Face, config: GeneratorConfig) -> np.ndarray:
+    """Multiplicative shading on the pixel grid: head roundness, lighting, and the broad AU changes.
+
+    The large, soft appearance changes of FACS (cheeks raised by AU6, the brow
+    shadow of AU4, the chin boss of AU17) are Gaussian blobs here: at the
+    scale of a cheek they survive the downsampling to 64x64 and the blur.
+    """
+    idn, a, pose = f.idn, f.a, f.cv.pose
+    xx, yy = _grid(f.cv.size)
+
+    def pc(x: float, y: float) -> tuple[float, float]:
+        # Blob centres follow the pose jitter.
+        return float(pose[0, 0] * x + pose[0, 1] * y + pose[0, 2]), float(pose[1, 0] * x + pose[1, 1] * y + pose[1, 2])
+
+    hx, hy = pc(idn.cx, idn.cy)
+    rr2 = ((xx - hx) / idn.face_a) ** 2 + ((yy - hy) / idn.face_b) ** 2
+    gain = 1.0 - 0.22 * np.minimum(rr2, 1.2) ** 1.5
+    phi = f.rng.uniform(0, 2 * np.pi)
+    amp = f.rng.uniform(0, config.lighting_amplitude)
+    gain *= 1.0 + amp * (math.cos(phi) * (xx - hx) / idn.face_a + math.sin(phi) * (yy - hy) / idn.face_b)
+    u12 = {0: a["L12"], 1: a["R12"]}
+    for k in (0, 1):
+        e = f.eyes[k]["center"]
+        ex, ey = pc(*e)
+        s = -1 if k == 0 else 1
+        # Eye sockets; AU4 deepens their shadow under the lowered brow.
+        gain *= 1.0 - (0.12 + 0.2 * a["AU4"]) * _gauss_blob(xx, yy, ex, ey - 0.015, 0.06, 0.035)
+        # AU6 (and a strong AU12) raise the cheeks: a lit bulge under the eye
+        # with a shadow between it and the lower lid.
+        cheek = a["AU6"] + 0.6 * max(a["AU12"], u12[k])
+        if cheek > 0.05:
+            bx, by = pc(e[0] + s * 0.01, e[1] + 0.085 - 0.02 * cheek)
+            gain *= 1.0 + 0.2 * cheek * _gauss_blob(xx, yy, bx, by, 0.05, 0.032)
+            sx_, sy_ = pc(e[0], e[1] + 0.04)
+            gain *= 1.0 - 0.12 * a["AU6"] * _gauss_blob(xx, yy, sx_, sy_, 0.045, 0.012)
+    if a["AU17"] > 0.05:
+        bx, by = pc(idn.cx, f.mouth_y + 0.085 + 0.04 * a["AU26"])
+        gain *= 1.0 + 0.2 * a["AU17"] * _gauss_blob(xx, yy, bx, by, 0.045, 0.025)
+    if a["AU26"] > 0.05:
+        # The dropped jaw hollows the cheeks beside the open mouth.
+        for s in (-1, 1):
+            bx, by = pc(idn.cx + s * 0.17, f.mouth_y - 0.01)
+            gain *= 1.0 - 0.12 * a["AU26"] * _gauss_blob(xx, yy, bx, by, 0.035, 0.06)
+    return gain.astype(np.float32)
+
+
 def render_face(
     idn: Identity,
     au: np.ndarray,
@@ -391,8 +775,7 @@ def render_face(
       uint8 soft mask, (68, 2) float32 (x, y) landmarks in pixel-centre units.
     """
     a = {name: float(au[i]) for i, name in enumerate(AU_NAMES)}
-    size = FACE_SIZE
-    # --- per-face nuisance: small similarity jitter about the face centre.
+    # Per-face nuisance: small similarity jitter about the face centre.
     roll = rng.normal(0.0, config.pose_jitter)
     zoom = 1.0 + rng.normal(0.0, 0.6 * config.pose_jitter)
     shift = rng.normal(0.0, 0.3 * config.pose_jitter, size=2)
@@ -400,269 +783,22 @@ def render_face(
     lin = np.array([[cr, -sr], [sr, cr]])
     ctr = np.array([idn.cx, idn.cy])
     pose = np.concatenate([lin, (ctr - lin @ ctr + shift)[:, None]], axis=1)
-    cv = _Canvas(size, pose)
-    skin = idn.skin
-    cx, cy = idn.cx, idn.cy
-    lms = np.zeros((NUM_LANDMARKS, 2), np.float64)
-
-    # --- head and hair (both define the mask)
-    jaw_drop = a["AU26"]
-    t_full = np.linspace(0.0, 2 * np.pi, 72, endpoint=False)
-    head = _outline(idn, t_full, jaw_drop)
-    cv.fill(head, skin, to_mask=True, sub=3)
-    # Jaw landmarks 0..16: from the image-left ear level, round the chin, to the right.
-    delta = 0.15
-    t_jaw = (np.pi + delta) - np.arange(17) * (np.pi + 2 * delta) / 16.0
-    jaw = _outline(idn, t_jaw, jaw_drop)
-    lms[0:17] = ctr[None, :] + 0.96 * (jaw - ctr[None, :])
-
-    tip_y = cy + idn.eye_dy + idn.nose_len
-    mouth_y = tip_y + idn.mouth_dy
-    if idn.beard > 0:
-        # Lower-face polygon: the outline below the nose-tip line.
-        tb = np.linspace(-0.25, np.pi + 0.25, 40)
-        pts = _outline(idn, tb, jaw_drop)
-        pts = pts[pts[:, 1] > tip_y + 0.02]
-        if len(pts) > 2:
-            cv.scale(pts, 1.0 - idn.beard)
-
-    if idn.hair is not None:
-        side = idn.hair_side
-        t_out = np.linspace(np.pi + side - 0.08, 2 * np.pi - side + 0.08, 40)
-        outer = ctr[None, :] + (1.0 + idn.hair_volume / idn.face_b) * (_outline(idn, t_out, 0.0) - ctr[None, :])
-        p_r = _outline(idn, np.array([2 * np.pi - side]), 0.0)[0]
-        p_l = _outline(idn, np.array([np.pi + side]), 0.0)[0]
-        mid = np.array([cx, cy - idn.face_b + idn.hair_drop])
-        line = quad_bezier(p_r, control_for_mid(p_r, mid, p_l), p_l, 16)
-        cv.fill(np.concatenate([outer, line], axis=0), idn.hair, to_mask=True, sub=3)
-
-    # --- eyes
-    eye_out: dict[int, dict[str, np.ndarray]] = {}
-    up_ap = idn.eye_h * (1 + 0.8 * a["AU5"]) * (1 - 0.45 * a["AU7"]) * (1 - 0.15 * a["AU4"]) * (1 - 0.1 * a["AU6"])
-    lo_ap = idn.eye_h * idn.eye_lower * (1 + 0.3 * a["AU5"]) * (1 - 0.7 * a["AU6"]) * (1 - 0.45 * a["AU7"])
-    lo_ap = max(lo_ap, 0.002)
-    gaze = rng.uniform(-0.3, 0.3) * idn.eye_hw
-    for s in (-1, 1):
-        k = 0 if s < 0 else 1
-        ex = cx + s * idn.eye_dx
-        ey = cy + idn.eye_dy + (idn.asym[0] if s < 0 else -idn.asym[0])
-        inner = np.array([ex - s * idn.eye_hw, ey])
-        outer = np.array([ex + s * idn.eye_hw, ey + idn.eye_tilt])
-        mid = 0.5 * (inner + outer)
-        c_up = control_for_mid(inner, mid - np.array([0.0, up_ap]), outer)
-        c_lo = control_for_mid(inner, mid + np.array([0.0, lo_ap]), outer)
-        upper = quad_bezier(inner, c_up, outer, 14)
-        lower = quad_bezier(inner, c_lo, outer, 14)
-        eye_poly = np.concatenate([upper, lower[::-1]], axis=0)
-        cv.fill(eye_poly, idn.sclera_lum)
-        # Iris and pupil: drawn as discs, then the lids are re-drawn over them
-        # as skin-coloured "eyelid" polygons so the iris is clipped by the lids.
-        ic = np.array([ex + gaze, ey - 0.15 * up_ap])
-        cv.fill(ellipse_poly(ic[0], ic[1], idn.iris_r, idn.iris_r, 20), idn.iris_lum)
-        cv.fill(ellipse_poly(ic[0], ic[1], 0.45 * idn.iris_r, 0.45 * idn.iris_r, 14), 0.04)
-        lid_top = np.concatenate([upper, (upper - np.array([0.0, idn.iris_r * 2.2]))[::-1]], axis=0)
-        lid_bot = np.concatenate([lower, (lower + np.array([0.0, idn.iris_r * 2.2]))[::-1]], axis=0)
-        cv.fill(lid_top, skin * 0.93)
-        cv.fill(lid_bot, skin * 0.97)
-        # Upper lid line (lashes) and a faint crease above it.
-        cv.fill(thick_curve(upper, 0.006, 0.008), 0.06)
-        crease = upper - np.array([0.0, 0.012 + 0.25 * up_ap])
-        cv.scale(thick_curve(crease[2:-1], 0.004), 0.8)
-        cv.scale(thick_curve(lower[1:-1], 0.003), 0.85)
-        eye_out[k] = {"inner": inner, "outer": outer, "c_up": c_up, "c_lo": c_lo, "center": np.array([ex, ey])}
-        # iBUG: 36-41 image-left eye from the outer corner, 42-47 image-right eye from the inner corner.
-        if s < 0:
-            up_pts = bezier_at(outer, c_up, inner, np.array([1 / 3, 2 / 3]))
-            lo_pts = bezier_at(outer, c_lo, inner, np.array([2 / 3, 1 / 3]))
-            lms[36], lms[37:39], lms[39], lms[40:42] = outer, up_pts, inner, lo_pts
-        else:
-            up_pts = bezier_at(inner, c_up, outer, np.array([1 / 3, 2 / 3]))
-            lo_pts = bezier_at(inner, c_lo, outer, np.array([2 / 3, 1 / 3]))
-            lms[42], lms[43:45], lms[45], lms[46:48] = inner, up_pts, outer, lo_pts
-        if a["AU6"] > 0.2:
-            # Crow's feet at the outer corner.
-            for j, ang in enumerate((-0.35, 0.0, 0.35)):
-                d = np.array([s * math.cos(ang), math.sin(ang)])
-                p0 = outer + s * np.array([0.012, 0.0]) + np.array([0.0, 0.01 * (j - 1)])
-                seg = np.stack([p0, p0 + 0.03 * d], axis=0)
-                cv.scale(thick_curve(seg, 0.0035), 0.78, opacity=min(1.0, (a["AU6"] - 0.2) * 1.5))
-
-    # --- brows (landmarks 17-21 image-left outer->inner, 22-26 image-right inner->outer)
-    th = idn.brow_th * (1 + 0.3 * a["AU4"])
-    for s in (-1, 1):
-        e = eye_out[0 if s < 0 else 1]
-        ey = e["center"][1]
-        by = ey - idn.brow_h + (idn.asym[1] if s < 0 else -idn.asym[1])
-        inner = np.array([cx + s * (idn.brow_gap - 0.02 * a["AU4"] + idn.asym[3]), by - 0.06 * a["AU1"] + 0.045 * a["AU4"]])
-        outer = np.array(
-            [cx + s * (idn.brow_gap + idn.brow_len), by + 0.15 * idn.brow_h - 0.06 * a["AU2"] + 0.012 * a["AU4"]]
-        )
-        mid = 0.5 * (inner + outer) - np.array([0.0, idn.brow_arch + 0.02 * a["AU2"]])
-        ctrl = control_for_mid(inner, mid, outer)
-        curve = quad_bezier(inner, ctrl, outer, 16)
-        cv.fill(thick_curve(curve, th, 0.55 * th), idn.brow_lum)
-        pts = bezier_at(inner, ctrl, outer, np.linspace(0.0, 1.0, 5))
-        if s < 0:
-            lms[17:22] = pts[::-1]
-        else:
-            lms[22:27] = pts
-    if a["AU4"] > 0.4:
-        op = min(1.0, (a["AU4"] - 0.4) * 2.0)
-        ey = cy + idn.eye_dy
-        for s in (-1, 1):
-            x0 = cx + s * 0.011
-            seg = np.array([[x0, ey - idn.brow_h - 0.015], [x0 + s * 0.003, ey - idn.brow_h + 0.035]])
-            cv.scale(thick_curve(seg, 0.004), 0.75, opacity=op)
-    if max(a["AU1"], a["AU2"]) > 0.35:
-        # Horizontal forehead lines from raised brows.
-        op = min(1.0, (max(a["AU1"], a["AU2"]) - 0.35) * 1.6)
-        ey = cy + idn.eye_dy
-        for j in range(3):
-            y0 = ey - idn.brow_h - 0.06 - 0.03 * j
-            p0, p2 = np.array([cx - 0.12, y0 + 0.006]), np.array([cx + 0.12, y0 + 0.006])
-            curve = quad_bezier(p0, control_for_mid(p0, np.array([cx, y0]), p2), p2, 12)
-            cv.scale(thick_curve(curve, 0.0035), 0.82, opacity=op)
-
-    # --- nose (27-30 bridge, 31-35 nostril base)
-    ey = cy + idn.eye_dy
-    lms[27:31] = np.stack([np.full(4, cx), ey - 0.01 + np.arange(4) * (idn.nose_len + 0.01) / 3.0], axis=1)
-    nw = idn.nose_w * (1 + 0.15 * a["AU9"])
-    wing_up = 0.015 * a["AU9"] + 0.005 * a["AU10"]
-    base_y = tip_y + 0.018 - wing_up
-    lms[31:36] = np.array(
-        [
-            [cx - nw, base_y - 0.004],
-            [cx - 0.5 * nw, base_y + 0.004],
-            [cx, base_y + 0.008 + 0.5 * wing_up],
-            [cx + 0.5 * nw, base_y + 0.004],
-            [cx + nw, base_y - 0.004],
-        ]
-    )
-    light_side = 1 if rng.uniform() < 0.5 else -1
-    bridge = np.array([[cx + light_side * 0.018, ey + 0.0], [cx + light_side * 0.022, tip_y - 0.01]])
-    cv.scale(thick_curve(bridge, 0.012, 0.016), 0.9)
-    cv.scale(ellipse_poly(cx, tip_y + 0.02, 0.05, 0.012, 18), 0.85)  # shadow under the tip
-    cv.fill(ellipse_poly(cx, tip_y - 0.004, 0.018, 0.012, 14), min(skin * 1.08, 0.8), opacity=0.7)
-    for s in (-1, 1):
-        cv.fill(ellipse_poly(cx + s * 0.45 * nw, base_y, 0.012, 0.006, 14, angle=s * 0.3), skin * 0.3)
-        wing_c = np.array([cx + s * nw, base_y - 0.01])
-        arc = np.stack(
-            [wing_c + np.array([s * 0.012 * math.cos(q), 0.014 * math.sin(q)]) for q in np.linspace(-1.6, 1.3, 8)]
-        )
-        cv.scale(thick_curve(arc, 0.004), 0.72)
-    if a["AU9"] > 0.2:
-        op = min(1.0, (a["AU9"] - 0.2) * 1.6)
-        for s in (-1, 1):
-            for j in range(3):
-                p0 = np.array([cx + s * 0.016, ey + 0.0 + 0.014 * j])
-                seg = np.stack([p0, p0 + np.array([s * 0.03, 0.018])])
-                cv.scale(thick_curve(seg, 0.0035), 0.72, opacity=op)
-
-    # --- mouth (48-59 outer lip, 60-67 inner lip)
-    u12 = {-1: a["L12"], 1: a["R12"]}
-    u14 = {-1: a["L14"], 1: a["R14"]}
-    tight = max(a["AU23"], a["AU24"])
-    hw = idn.mouth_hw * (1 + 0.2 * a["AU12"] + 0.25 * a["AU20"]) * (1 - 0.15 * tight)
-    corner = {}
-    for s in (-1, 1):
-        x = cx + s * (hw + 0.012 * u12[s] + 0.006 * u14[s])
-        y = (
-            mouth_y
-            - 0.06 * a["AU12"]
-            + 0.055 * a["AU15"]
-            + 0.012 * a["AU20"]
-            - 0.045 * u12[s]
-            - 0.012 * u14[s]
-            + (idn.asym[2] if s < 0 else -idn.asym[2])
-        )
-        corner[s] = np.array([x, y])
-    cl, cr_ = corner[-1], corner[1]
-    centre_y = mouth_y - 0.01 * a["AU12"] - 0.01 * (u12[-1] + u12[1])
-    opening = 0.02 * a["AU25"] + 0.09 * a["AU26"]
-    open_u = 0.3 * opening + 0.03 * a["AU10"]
-    open_l = max(0.7 * opening - 0.015 * a["AU17"], -open_u)
-    tu = idn.lip_u * max(1 - 0.6 * a["AU23"] - 0.5 * a["AU24"], 0.25)
-    tl = idn.lip_l * max(1 - 0.6 * a["AU23"] - 0.5 * a["AU24"], 0.25) * (1 + 0.2 * a["AU17"])
-    ui_mid = np.array([cx, centre_y - open_u])
-    li_mid = np.array([cx, centre_y + open_l])
-    uo_mid = ui_mid - np.array([0.0, tu])
-    lo_mid = li_mid + np.array([0.0, tl])
-    c_ui = control_for_mid(cl, ui_mid, cr_)
-    c_li = control_for_mid(cl, li_mid, cr_)
-    c_uo = control_for_mid(cl, uo_mid, cr_)
-    c_lo = control_for_mid(cl, lo_mid, cr_)
-    n = 18
-    ui = quad_bezier(cl, c_ui, cr_, n)
-    li = quad_bezier(cl, c_li, cr_, n)
-    uo = quad_bezier(cl, c_uo, cr_, n)
-    lo = quad_bezier(cl, c_lo, cr_, n)
-    # Nasolabial folds deepen with smiling, upper-lip raising and nose wrinkling.
-    for s in (-1, 1):
-        fold = max(a["AU12"], a["AU10"], 0.7 * a["AU9"], u12[s])
-        if fold > 0.15:
-            p0 = np.array([cx + s * (nw + 0.012), tip_y - 0.005])
-            p2 = corner[s] + np.array([s * 0.022, 0.012])
-            ctrl = 0.5 * (p0 + p2) + np.array([s * 0.02, 0.0])
-            cv.scale(thick_curve(quad_bezier(p0, ctrl, p2, 12), 0.006, 0.003), 0.78, opacity=min(1.0, fold * 1.3))
-        if u14[s] > 0.2:
-            dimple = corner[s] + np.array([s * 0.012, 0.0])
-            seg = np.stack([dimple - np.array([0, 0.01]), dimple + np.array([s * 0.004, 0.012])])
-            cv.scale(thick_curve(seg, 0.005), 0.72, opacity=min(1.0, u14[s] * 1.5))
-    if opening + 0.03 * a["AU10"] > 0.004:
-        cv.fill(np.concatenate([ui, li[::-1]], axis=0), 0.07)
-        if a["AU12"] > 0.4 or a["AU10"] > 0.3:
-            teeth_h = 0.022
-            lower_edge = np.minimum(ui[:, 1] + teeth_h, np.maximum(li[:, 1], ui[:, 1]))
-            teeth = np.concatenate([ui, np.stack([ui[:, 0], lower_edge], axis=1)[::-1]], axis=0)
-            cv.fill(teeth, 0.72)
-    cv.fill(np.concatenate([uo, ui[::-1]], axis=0), idn.lip_lum)
-    cv.fill(np.concatenate([li, lo[::-1]], axis=0), idn.lip_lum * 1.05)
-    cv.fill(thick_curve(0.5 * (ui + li), 0.004), idn.lip_lum * 0.45)
-    if a["AU17"] > 0.3:
-        p0 = np.array([cx - 0.05, lo_mid[1] + 0.035])
-        p2 = np.array([cx + 0.05, lo_mid[1] + 0.035])
-        curve = quad_bezier(p0, control_for_mid(p0, p0 * 0.5 + p2 * 0.5 + np.array([0, 0.012]), p2), p2, 10)
-        cv.scale(thick_curve(curve, 0.005), 0.8, opacity=min(1.0, (a["AU17"] - 0.3) * 2))
-    lms[48] = cl
-    lms[49:54] = bezier_at(cl, c_uo, cr_, np.arange(1, 6) / 6.0)
-    lms[54] = cr_
-    lms[55:60] = bezier_at(cl, c_lo, cr_, np.arange(5, 0, -1) / 6.0)
-    lms[60] = cl + np.array([0.006, 0.0])
-    lms[61:64] = bezier_at(cl, c_ui, cr_, np.array([0.25, 0.5, 0.75]))
-    lms[64] = cr_ - np.array([0.006, 0.0])
-    lms[65:68] = bezier_at(cl, c_li, cr_, np.array([0.75, 0.5, 0.25]))
-
-    # --- distractors
-    if idn.glasses:
-        for k in (0, 1):
-            e = eye_out[k]["center"]
-            ring = ellipse_poly(e[0], e[1] - 0.005, idn.eye_hw * 1.45, idn.eye_hw * 1.05, 28)
-            cv.fill(thick_curve(np.concatenate([ring, ring[:1]], axis=0), 0.007), 0.08)
-        l0, r0 = eye_out[0]["center"], eye_out[1]["center"]
-        bridge = np.array([[l0[0] + idn.eye_hw * 1.4, l0[1] - 0.01], [r0[0] - idn.eye_hw * 1.4, r0[1] - 0.01]])
-        cv.fill(thick_curve(bridge, 0.006), 0.08)
-    if idn.mole is not None:
-        mx, my = cx + idn.mole[0], cy + idn.mole[1]
-        cv.fill(ellipse_poly(mx, my, 0.006, 0.006, 10), skin * 0.45)
-
-    # --- shading on the 128 grid (cheap multiplicative maps)
-    xx, yy = _grid(size)
-    pxy = pose  # shading blob centres follow the pose jitter
-    def pc(x: float, y: float) -> tuple[float, float]:
-        return float(pxy[0, 0] * x + pxy[0, 1] * y + pxy[0, 2]), float(pxy[1, 0] * x + pxy[1, 1] * y + pxy[1, 2])
-
-    hx, hy = pc(cx, cy)
-    rr2 = ((xx - hx) / idn.face_a) ** 2 + ((yy - hy) / idn.face_b) ** 2
-    gain = 1.0 - 0.22 * np.minimum(rr2, 1.2) ** 1.5
-    phi = rng.uniform(0, 2 * np.pi)
-    amp = rng.uniform(0, config.lighting_amplitude)
-    gain *= 1.0 + amp * (math.cos(phi) * (xx - hx) / idn.face_a + math.sin(phi) * (yy - hy) / idn.face_b)
-    for k in (0, 1):
-        ex, ey = pc(*eye_out[k]["center"])
-        gain *= 1.0 - 0.12 * _gauss_blob(xx, yy, ex, ey - 0.012, 0.06, 0.035)
-        if a["AU6"] > 0.05:
-            gain *= 1.0 + 0.1 * a["AU6"] * _gauss_blob(xx, yy, ex, ey + 0.09, 0.05, 0.03)
-    lum = cv.lum * gain.astype(np.float32)
+    f = _Face(idn=idn, a=a, cv=_Canvas(FACE_SIZE, pose), rng=rng, lms=np.zeros((NUM_LANDMARKS, 2), np.float64))
+    f.eye_y = idn.cy + idn.eye_dy
+    f.tip_y = f.eye_y + idn.nose_len
+    f.mouth_y = f.tip_y + idn.mouth_dy
+    # Painter's order: later drawers paint over earlier ones.
+    _draw_head(f)
+    _draw_forehead(f)
+    _draw_eyes(f)
+    _draw_brows(f)
+    _draw_nose(f)
+    _mouth_corners(f)
+    _draw_cheeks(f)
+    _draw_mouth(f)
+    _draw_distractors(f)
+    cv = f.cv
+    lum = cv.lum * _shading(f, config)
     lum += idn.texture * cv.alpha
     if config.blur_sigma > 0:
         lum = ndimage.gaussian_filter(lum, config.blur_sigma)
@@ -671,7 +807,7 @@ def render_face(
     image = np.clip((lum + config.floor) * mask, 0.0, 1.0)
     image_u8 = np.round(image * 255.0).astype(np.uint8)
     mask_u8 = np.round(mask * 255.0).astype(np.uint8)
-    lms_px = cv.to_px(lms) - 0.5  # pixel-centre convention
+    lms_px = cv.to_px(f.lms) - 0.5  # pixel-centre convention
     return image_u8, mask_u8, lms_px.astype(np.float32)
 
 
