@@ -108,6 +108,7 @@ RESUMABLE_CHANGES = {
     "train.profile",
     "train.distributed",
     "train.init_from",  # read only when a run starts
+    "train.final_figures",  # pictures written after training
     "data.cache_dir",
     "data.use_cache",
     "data.bank_workers",
@@ -121,6 +122,7 @@ DEFAULTS_OF_NEWER_FIELDS = {
     "model.baseline_width": 0,
     "optimizer.step_size": 0,
     "optimizer.step_gamma": 0.1,
+    "train.final_figures": False,
 }
 
 
