@@ -133,7 +133,7 @@ def test_bad_value_stops_before_any_work_with_a_suggestion(tmp_path, capsys):
     rc = cli.main(["train", "--config", TINY, "--workdir", str(workdir), "--config.optimizer.schedule", "cosin"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
-    assert "optimizer.schedule must be one of ['constant', 'cosine'], got 'cosin' (did you mean 'cosine'?)" in err
+    assert "optimizer.schedule must be one of ['constant', 'cosine', 'step'], got 'cosin' (did you mean 'cosine'?)" in err
     assert not workdir.exists(), "validation must run before anything is written"
 
 
