@@ -58,19 +58,15 @@ class TrainState:
 def build_model_from_config(model_config: ml_collections.ConfigDict) -> Any:
     """The Flax module a config names (see :func:`feratt_jax.models.build_model`)."""
     options: dict[str, Any] = {}
-    if model_config.name in FERATT_VARIANTS:
+    if model_config.name in FERATT_VARIANTS or model_config.name in PAPER_ERA_MODELS:
         options["backbone"] = model_config.backbone
-        if model_config.attention_channels:
-            options["attention_channels"] = model_config.attention_channels
         options["num_filters"] = model_config.num_filters
         options["backbone_width"] = model_config.backbone_width
         options["num_feature_blocks"] = model_config.get("num_feature_blocks", 8)
-    elif model_config.name in PAPER_ERA_MODELS:
-        options["image_size"] = model_config.input_size or DEFAULT_IMAGE_SIZE[model_config.name]
-        options["backbone"] = model_config.backbone
-        options["num_filters"] = model_config.num_filters
-        options["backbone_width"] = model_config.backbone_width
-        options["num_feature_blocks"] = model_config.num_feature_blocks
+        if model_config.name in PAPER_ERA_MODELS:  # its STN's last layer is sized by the input
+            options["image_size"] = model_config.input_size or DEFAULT_IMAGE_SIZE[model_config.name]
+        elif model_config.attention_channels:
+            options["attention_channels"] = model_config.attention_channels
     elif model_config.name == "preactresnet18" and model_config.get("baseline_width", 0):
         options["initial_channels"] = model_config.baseline_width
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(model_config.compute_dtype)
