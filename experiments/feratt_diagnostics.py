@@ -58,7 +58,7 @@ def bn_report(run, fns: dict, test: dict[str, np.ndarray]) -> dict[str, float]:
     ``fns["recalibrate"]`` is the trainer's precise-BN re-estimation
     (:func:`feratt_jax.train.make_bn_recalibration`).
     """
-    from feratt_jax.train import TrainState, predict_dataset
+    from feratt_jax.step import TrainState, predict_dataset
 
     params, running = run.state.params, run.state.batch_stats
     batch = int(run.config.train.eval_batch_size)
@@ -83,7 +83,8 @@ def feratt_report(run, fns: dict, init_variables, test: dict[str, np.ndarray], d
     import jax
 
     from feratt_jax import diagnostics
-    from feratt_jax.train import TrainState, make_render, predict_dataset
+    from feratt_jax.factory import make_render
+    from feratt_jax.step import TrainState, predict_dataset
 
     keep = ("logits", "reconstruction", "attention")
     batch = int(run.config.train.eval_batch_size)
@@ -101,7 +102,7 @@ def feratt_report(run, fns: dict, init_variables, test: dict[str, np.ndarray], d
     # The first GRADIENT_BATCHES batches of the training stream (the same ones for every run of a fold).
     render = make_render(data)
     grads = [
-        fns["loss_term_gradients"](params, stats, render(data.train_batches(i), None), jax.random.key(rng_seed + i))
+        fns["loss_term_gradients"](params, stats, render(data.train_batches(i)), jax.random.key(rng_seed + i))
         for i in range(GRADIENT_BATCHES)
     ]
     terms = list(grads[0]["norms"])
@@ -128,7 +129,8 @@ def diagnose_fold(method: str, workdir: pathlib.Path, out: pathlib.Path | None, 
 
     from feratt_jax import diagnostics
     from feratt_jax.evaluate import LoadedRun, attention_grid
-    from feratt_jax.train import build_training, make_bn_recalibration, make_inputs, make_render
+    from feratt_jax.factory import build_training, make_inputs
+    from feratt_jax.train import make_bn_recalibration
 
     best = LoadedRun(workdir, which="best")
     latest = LoadedRun(workdir, which="latest")
@@ -138,7 +140,7 @@ def diagnose_fold(method: str, workdir: pathlib.Path, out: pathlib.Path | None, 
     bn_config = ml_collections.ConfigDict(best.config.to_dict())
     bn_config.train.precise_bn_batches = bn_batches
     fns = {
-        "recalibrate": make_bn_recalibration(best.model, bn_config, data, make_render(data), best.mesh),
+        "recalibrate": make_bn_recalibration(best.model, bn_config, data, best.mesh),
         "train_mode_logits": diagnostics.make_train_mode_logits_fn(best.model, best.config),
     }
     row: dict[str, Any] = {

@@ -1,7 +1,7 @@
 """How many composites does a network need before it leaves chance? (docs/training.md)
 
 Trains one classifier with plain cross-entropy on fresh composites from the
-trainer's own pipeline (``train.make_inputs`` + ``render_train_batch``, so the
+trainer's own pipeline (``factory.make_inputs`` + ``render_train_batch``, so the
 label pairing, the renderer preset and the subject split are the trainer's)
 and prints the fixed test set's accuracy every ``--eval-every`` steps against
 the number of training images seen. Nothing else of the trainer is involved
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import optax
 
-    from feratt_jax import train
+    from feratt_jax import factory, step
     from feratt_jax.configs import load_config
     from feratt_jax.data.pipeline import render_train_batch
     from feratt_jax.models import build_model
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         import ml_collections
 
         config.data.render = ml_collections.ConfigDict({k: ast.literal_eval(v) for k, v in (kv.split("=", 1) for kv in args.render)})
-    data = train.make_inputs(config)
+    data = factory.make_inputs(config)
 
     class SmallCNN(nn.Module):
         num_classes: int
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def prepare(image_BHWC):
         x = jnp.repeat(image_BHWC, 3, -1) if image_BHWC.shape[-1] == 1 else image_BHWC
-        x = train.model_input(x, args.input_size, args.standardize)
+        x = step.model_input(x, args.input_size, args.standardize)
         # The small CNN's yardstick input: centred grey, as it was designed.
         return x - 0.5 if args.model == "small_cnn" and not args.standardize else x
 

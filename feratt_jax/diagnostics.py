@@ -31,7 +31,7 @@ import numpy as np
 from feratt_jax import losses as losses_lib
 from feratt_jax.models.feratt import backbone_input, make_backbone
 from feratt_jax.models.layers import normalize_layer
-from feratt_jax.train import loss_options, model_input_fn
+from feratt_jax.factory import loss_options, model_input_fn
 
 # Top-level parameter collections of FERAttention, grouped by the paper's parts.
 PARTS = {

@@ -12,26 +12,15 @@ import pathlib
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-import jax.numpy as jnp
-
-from feratt_jax import EXPRESSION_NAMES, configs, model_io, plots, sharding
-from feratt_jax.diagnostics import attention_map
+from feratt_jax import EXPRESSION_NAMES, configs, factory, model_io, plots, sharding
 from feratt_jax.checkpointing import Checkpointer
-from feratt_jax.models.summary import DEFAULT_IMAGE_SIZE
-from feratt_jax.train import (
-    TrainState,
-    _write_json,
-    abstract_train_state,
-    as_rgb,
-    build_training,
-    evaluate_split,
-    make_eval_step,
-    make_inputs,
-    predict_dataset,
-)
+from feratt_jax.diagnostics import attention_map
+from feratt_jax.step import TrainState, as_rgb, evaluate_split, make_eval_step, predict_dataset
+from feratt_jax.train import _write_json
 
 NOISE_SIGMAS = (0.01, 0.05, 0.1, 0.2, 0.3)
 
@@ -66,13 +55,13 @@ class LoadedRun:
         # are otherwise its base config's defaults.
         configs.apply_overrides(self.config, overrides)
         self.image_size = int(self.config.data.image_size)
-        self.eval_step = jax.jit(make_eval_step(self.model, self.config))
+        self.eval_step = jax.jit(make_eval_step(self.model, factory.model_input_fn(self.config)))
         self.class_names = list(EXPRESSION_NAMES[: int(self.config.model.num_classes)])
 
     def _load_workdir(self, which: str) -> None:
         self.config = load_run_config(self.workdir)
-        self.model, _, _, init_state = build_training(self.config, int(self.config.data.image_size))
-        abstract, _ = abstract_train_state(init_state, self.mesh)
+        self.model, _, _, init_state = factory.build_training(self.config, int(self.config.data.image_size))
+        abstract, _ = factory.abstract_train_state(init_state, self.mesh)
         checkpointer = Checkpointer(self.workdir, keep=int(self.config.train.keep_checkpoints))
         restored = checkpointer.restore_best(abstract) if which == "best" else None
         if restored is None:
@@ -85,11 +74,7 @@ class LoadedRun:
 
     def _load_export(self) -> None:
         self.model, variables, spec = model_io.load_model(self.workdir)
-        config = configs.base_config(spec["model_name"])
-        config.model.num_classes = int(spec["num_classes"])
-        config.model.dim = int(spec["dim"])
-        config.model.input_size = DEFAULT_IMAGE_SIZE.get(spec["model_name"], 0)
-        self.config = config
+        self.config = factory.config_from_spec(spec)
         self.state = TrainState(
             step=jnp.asarray(int(spec.get("extra", {}).get("step", 0))),
             params=variables["params"],
@@ -119,7 +104,7 @@ def evaluate_run(
     if split not in ("val", "test"):
         raise ValueError(f"split must be val or test, got {split!r}")
     run = LoadedRun(workdir, overrides=overrides)
-    arrays = getattr(make_inputs(run.config), split)
+    arrays = getattr(factory.make_inputs(run.config), split)
     batch = int(run.config.train.eval_batch_size)
     num_classes = int(run.config.model.num_classes)
     report = evaluate_split(run.eval_step, run.state, arrays, batch, run.mesh, num_classes)
@@ -142,7 +127,7 @@ def evaluate_run(
 
 def attention_grid(run: LoadedRun, arrays: dict[str, np.ndarray], path: pathlib.Path, n: int = 8) -> None:
     """PNG of the first ``n`` images: input, target face, attention, reconstruction (and STN warp)."""
-    images = as_rgb(arrays["image"][:n])
+    images = as_rgb(np.asarray(arrays["image"][:n], np.float32))
     outputs = run.predict(images, keep=("logits", "reconstruction", "attention", "warped"))
     columns = {"input": images}
     if "x_org" in arrays:

@@ -99,4 +99,66 @@ def torch_adam(
     )
 
 
-__all__ = ["TorchAdamState", "scale_by_torch_adam", "torch_adam"]
+def learning_rate_schedule(
+    name: str,
+    learning_rate: float,
+    num_steps: int,
+    *,
+    warmup_steps: int = 0,
+    step_size: Any = 0,
+    step_gamma: float = 0.1,
+) -> optax.Schedule:
+    """The learning rate per step: constant, cosine decay, or step decay (PyTorch's StepLR),
+    after ``warmup_steps`` of linear warmup.
+
+    "step" multiplies the rate by ``step_gamma`` every ``step_size`` optimizer
+    steps (the paper-era reference steps it per epoch: ``step_size`` = epochs
+    times batches per epoch). Messages name the ``optimizer.*`` config fields.
+    """
+    if name == "constant":
+        schedule = optax.constant_schedule(learning_rate)
+    elif name == "cosine":
+        schedule = optax.cosine_decay_schedule(learning_rate, max(num_steps - warmup_steps, 1))
+    elif name == "step":
+        if not isinstance(step_size, int) or step_size < 1:
+            raise ValueError(f"optimizer.step_size must be a positive number of steps for schedule 'step', got {step_size!r}")
+        if not 0.0 < step_gamma <= 1.0:
+            raise ValueError(f"optimizer.step_gamma must be in (0, 1], got {step_gamma!r}")
+        schedule = optax.exponential_decay(learning_rate, transition_steps=step_size, decay_rate=step_gamma, staircase=True)
+    else:
+        raise ValueError(f"optimizer.schedule must be constant, cosine or step, got {name!r}")
+    if warmup_steps:
+        warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+        schedule = optax.join_schedules([warmup, schedule], [warmup_steps])
+    return schedule
+
+
+def make_optimizer(
+    schedule: optax.Schedule,
+    *,
+    name: str = "adam",
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    amsgrad: bool = True,
+    grad_clip_norm: float = 0.0,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
+    """PyTorch's Adam (amsgrad by default, as the reference), optional decay and clipping.
+
+    The defaults are the reference's ``Adam(lr, amsgrad=True)``. Weight
+    decay is added to the Adam direction before the learning rate scales it.
+    """
+    if name != "adam":
+        raise ValueError(f"optimizer.name {name!r} is not supported (adam)")
+    chain = []
+    if grad_clip_norm:
+        chain.append(optax.clip_by_global_norm(grad_clip_norm))
+    chain.append(scale_by_torch_adam(b1=b1, b2=b2, eps=eps, amsgrad=amsgrad))
+    if weight_decay:
+        chain.append(optax.add_decayed_weights(weight_decay))
+    chain.append(optax.scale_by_learning_rate(schedule))
+    return optax.chain(*chain)
+
+
+__all__ = ["TorchAdamState", "learning_rate_schedule", "make_optimizer", "scale_by_torch_adam", "torch_adam"]

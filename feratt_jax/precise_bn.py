@@ -22,20 +22,18 @@ from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 
-def make_batch_statistics_fn(model: Any, config: ml_collections.ConfigDict) -> Callable:
+def make_batch_statistics_fn(model: Any, prepare: Callable[[jax.Array], jax.Array]) -> Callable:
     """``fn(params, batch_stats, image_BHWC) -> batch_stats`` holding that one batch's statistics.
 
-    ``image_BHWC`` is a training composite (B, H, W, 3) before the trainer's
-    ``model_input`` (resize / standardisation), which ``fn`` applies. The
-    result has the structure of ``batch_stats``: per BN layer the batch mean
-    and the unbiased batch variance, as PyTorch would add to its averages.
+    ``image_BHWC`` is a training composite (B, H, W, 3) or a grey batch
+    (B, H, W, 1) before ``prepare``, the model's input function (e.g.
+    :func:`feratt_jax.factory.model_input_fn`: RGB, resize, standardisation),
+    which ``fn`` applies. The result has the structure of ``batch_stats``:
+    per BN layer the batch mean and the unbiased batch variance, as PyTorch
+    would add to its averages.
     """
-    from feratt_jax.train import model_input_fn
-
-    prepare = model_input_fn(config)
 
     @jax.jit
     def fn(params, batch_stats, image_BHWC):
@@ -69,8 +67,6 @@ def average_batch_stats(batch_statistics_fn: Callable, params: Any, batch_stats:
         image = jnp.asarray(image, jnp.float32)
         if image.ndim != 4:
             raise ValueError(f"precise BN batches must be (B, H, W, C) images, got shape {image.shape}")
-        if image.shape[-1] == 1:
-            image = jnp.repeat(image, 3, axis=-1)
         stats = batch_statistics_fn(params, batch_stats, image)
         total = stats if total is None else jax.tree.map(jnp.add, total, stats)
         count += 1

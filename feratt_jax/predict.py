@@ -188,7 +188,7 @@ def _predict_batch(run: Any, images_BHWC: np.ndarray) -> dict[str, np.ndarray]:
     configs): wasteful on a CPU for one photo, so the batch here is the
     smallest multiple of the mesh size that holds all images.
     """
-    from feratt_jax.train import predict_dataset
+    from feratt_jax.step import predict_dataset
 
     # The mesh spans every device of every process, so its size is a
     # multiple of the process count too.

@@ -229,7 +229,8 @@ def represent_run(
     if train_size < 0:
         raise ValueError(f"--train-size must be >= 0, got {train_size}")
     from feratt_jax.evaluate import LoadedRun
-    from feratt_jax.train import _write_json, make_inputs
+    from feratt_jax.factory import make_inputs
+    from feratt_jax.train import _write_json
 
     run = LoadedRun(workdir)
     datasets = make_inputs(run.config)

@@ -24,23 +24,16 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 from test_train import tiny_config  # noqa: E402
 
-from feratt_jax import sharding  # noqa: E402
-from feratt_jax import train as train_lib  # noqa: E402
+from feratt_jax import factory, sharding  # noqa: E402
 
 config = tiny_config(cache_dir)
 mesh = sharding.make_mesh()
 assert mesh.devices.size == 8, mesh
-data = train_lib.make_inputs(config, process_index=jax.process_index(), process_count=jax.process_count())
-model, tx, schedule, init_state = train_lib.build_training(config, data.config.image_size)
-_, shardings = train_lib.abstract_train_state(init_state, mesh)
-state = jax.jit(init_state, out_shardings=shardings)()
-step = jax.jit(
-    train_lib.make_train_step(model, tx, schedule, train_lib.make_render(data), config),
-    in_shardings=(shardings, sharding.data_sharded(mesh)),
-    out_shardings=(shardings, sharding.replicated(mesh)),
-)
+data = factory.make_inputs(config, process_index=jax.process_index(), process_count=jax.process_count())
+training = factory.setup_training(config, data, mesh)
+state = jax.jit(training.init_state, out_shardings=training.state_sharding)()
 batch = sharding.host_to_global(next(data.train), mesh)
-state, metrics = step(state, batch)
+state, metrics = training.train_step(state, batch)
 leaves = sharding.to_host(jax.tree.leaves((state.params, state.batch_stats)))
 if jax.process_index() == 0:
     np.savez(out_path, loss=np.asarray(jax.device_get(metrics["loss/total"])), *[np.asarray(x) for x in leaves])

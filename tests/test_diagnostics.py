@@ -11,7 +11,8 @@ import pytest
 
 from feratt_jax import configs, diagnostics
 from feratt_jax import losses as losses_lib
-from feratt_jax import train as train_lib
+from feratt_jax import factory
+from feratt_jax import step as step_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -86,13 +87,13 @@ def test_reconstruction_errors_by_hand():
 
 
 def _input(config, x):
-    return train_lib.model_input(x, config.model.input_size, config.model.input_standardization)
+    return step_lib.model_input(x, config.model.input_size, config.model.input_standardization)
 
 
 @pytest.fixture(scope="module")
 def small_feratt():
     config = configs.load_config(str(REPO / "experiments" / "configs" / "ferattentiongmm.py") + ":quick")
-    model = train_lib.build_model_from_config(config.model)
+    model = factory.build_model_from_config(config.model)
     x = jax.random.uniform(jax.random.key(0), (4, 64, 64, 3))
     variables = model.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, _input(config, x))
     return config, model, variables, x

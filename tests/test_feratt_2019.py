@@ -43,7 +43,7 @@ from feratt_jax.interop.torch_checkpoint import (  # noqa: E402
 from feratt_jax.interop.torch_model import DilateCenter, TorchvisionResNet, build_torch_model  # noqa: E402
 from feratt_jax.model_io import abstract_variables, load_model  # noqa: E402
 from feratt_jax.models import build_model  # noqa: E402
-from feratt_jax.train import make_learning_rate  # noqa: E402
+from feratt_jax.factory import make_learning_rate  # noqa: E402
 from torch_parity import randomize_bn_and_stn_  # noqa: E402
 
 NAME = "ferattention_2019"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from feratt_jax import precise_bn
+from feratt_jax import factory, precise_bn, sharding
 from feratt_jax import train as train_lib
+from feratt_jax.step import model_input
 from feratt_jax.checkpointing import Checkpointer
 from feratt_jax.kfold import _config_differences
 from feratt_jax.models.layers import BatchNorm2d
@@ -28,8 +28,9 @@ class TwoNorms(nn.Module):
         return {"logits": BatchNorm2d(momentum=0.8, name="bn2")(x, train=train).mean(axis=(1, 2))}
 
 
-def _plain_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({"model": {"input_size": 0, "input_standardization": False}})
+def _plain_input(image_BHWC):
+    """The model input of a config with no resize and no standardization."""
+    return model_input(image_BHWC, 0)
 
 
 def _by_hand(variables, x):
@@ -50,7 +51,7 @@ def test_batch_statistics_are_the_batch_mean_and_unbiased_variance_whatever_the_
     variables = model.init(jax.random.key(0), x)
     # Running averages far from the batch: the result must not depend on them.
     stale = jax.tree.map(lambda v: v + 7.0, variables["batch_stats"])
-    got = precise_bn.make_batch_statistics_fn(model, _plain_config())(variables["params"], stale, x)
+    got = precise_bn.make_batch_statistics_fn(model, _plain_input)(variables["params"], stale, x)
     want = _by_hand(variables, x)
     for layer in ("bn1", "bn2"):
         for stat in ("mean", "var"):
@@ -61,7 +62,7 @@ def test_average_over_batches_is_the_mean_of_each_batch_statistics():
     model = TwoNorms()
     xs = [jax.random.uniform(jax.random.key(i), (4, 5, 5, 3)) * (i + 1) for i in range(3)]
     variables = model.init(jax.random.key(0), xs[0])
-    fn = precise_bn.make_batch_statistics_fn(model, _plain_config())
+    fn = precise_bn.make_batch_statistics_fn(model, _plain_input)
     got = precise_bn.average_batch_stats(fn, variables["params"], variables["batch_stats"], xs)
     singles = [_by_hand(variables, x) for x in xs]
     for layer in ("bn1", "bn2"):
@@ -73,7 +74,7 @@ def test_average_rejects_no_batches_and_bad_shapes():
     model = TwoNorms()
     x = jnp.ones((2, 5, 5, 3))
     variables = model.init(jax.random.key(0), x)
-    fn = precise_bn.make_batch_statistics_fn(model, _plain_config())
+    fn = precise_bn.make_batch_statistics_fn(model, _plain_input)
     with pytest.raises(ValueError, match="at least one batch"):
         precise_bn.average_batch_stats(fn, variables["params"], variables["batch_stats"], [])
     with pytest.raises(ValueError, match=r"\(B, H, W, C\)"):
@@ -94,9 +95,9 @@ def test_trainer_option_changes_the_statistics_and_nothing_else(cache_dir, tmp_p
         np.testing.assert_array_equal(x, y)
     assert data_a == data_b
     # The evaluated (and saved) statistics are the re-estimated ones of the final weights.
-    data = train_lib.make_inputs(precise)
-    model, *_ = train_lib.build_training(precise, data.config.image_size)
-    recalibrate = train_lib.make_bn_recalibration(model, precise, data, train_lib.make_render(data), train_lib.sharding.make_mesh())
+    data = factory.make_inputs(precise)
+    model, *_ = factory.build_training(precise, data.config.image_size)
+    recalibrate = train_lib.make_bn_recalibration(model, precise, data, sharding.make_mesh())
     want = jax.device_get(recalibrate(b))
     for x, y in zip(jax.tree.leaves(b.batch_stats), jax.tree.leaves(want)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from feratt_jax import configs, sharding
+from feratt_jax import configs, factory, sharding
 from feratt_jax import losses as losses_lib
 from feratt_jax import train as train_lib
 from feratt_jax.checkpointing import Checkpointer
@@ -45,9 +45,9 @@ def tiny_config(cache_dir: str, model: str = "preactresnet18", **train_overrides
 
 def _params(workdir, config):
     """Latest checkpoint's params as numpy, restored through the real code path."""
-    data = train_lib.make_inputs(config)
-    _, _, _, init_state = train_lib.build_training(config, data.config.image_size)
-    abstract, _ = train_lib.abstract_train_state(init_state, sharding.make_mesh())
+    data = factory.make_inputs(config)
+    _, _, _, init_state = factory.build_training(config, data.config.image_size)
+    abstract, _ = factory.abstract_train_state(init_state, sharding.make_mesh())
     ckpt = Checkpointer(workdir)
     state, data_state, meta = ckpt.restore_latest(abstract)
     ckpt.close()
@@ -59,17 +59,11 @@ def _params(workdir, config):
 
 def _one_step(config, mesh):
     """One train step of ``config`` on ``mesh``; returns (new state, metrics) on host."""
-    data = train_lib.make_inputs(config)
-    model, tx, schedule, init_state = train_lib.build_training(config, data.config.image_size)
-    abstract, shardings = train_lib.abstract_train_state(init_state, mesh)
-    state = jax.jit(init_state, out_shardings=shardings)()
-    step = jax.jit(
-        train_lib.make_train_step(model, tx, schedule, train_lib.make_render(data), config),
-        in_shardings=(shardings, sharding.data_sharded(mesh)),
-        out_shardings=(shardings, sharding.replicated(mesh)),
-    )
+    data = factory.make_inputs(config)
+    training = factory.setup_training(config, data, mesh, donate=False)  # the old state is returned too
+    state = jax.jit(training.init_state, out_shardings=training.state_sharding)()
     batch = sharding.host_to_global(next(data.train), mesh)
-    new_state, metrics = step(state, batch)
+    new_state, metrics = training.train_step(state, batch)
     return jax.device_get(new_state), jax.device_get(metrics), jax.device_get(state)
 
 
