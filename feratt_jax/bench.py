@@ -20,18 +20,15 @@ JSON-ready report. For every (model, batch size, precision) setting it measures:
   sees the same machine load, and the JAX/PyTorch ratios;
 * the jitted compositing renderer's images/s (:func:`feratt_jax.data.render.render_batch`).
 
-What the JAX "train step" is: :func:`make_train_step` below, the same
-arithmetic as the trainer's ``feratt_jax.train.make_train_step`` (forward in
-train mode, the variant's losses, ``value_and_grad``, PyTorch-exact Adam with
-AMSGrad at a constant learning rate, new BatchNorm statistics and the logged metrics, with
-the old state donated) minus the on-device render, which is timed separately
-as the renderer. It is re-implemented here because the trainer module
-imports ml_collections and the input pipeline, which the bench must not need
-(GPU machines may lack them); ``tests/test_bench.py`` checks that one step of
-each gives the same new state.
+What the JAX "train step" is: the trainer's own :func:`feratt_jax.step.make_train_step`
+(forward in train mode, the variant's losses, ``value_and_grad``,
+PyTorch-exact Adam with AMSGrad at a constant learning rate, new BatchNorm
+statistics and the logged metrics, with the old state donated) on a batch
+already rendered; the on-device render is timed separately as the renderer.
+The model is built with :func:`feratt_jax.models.build_model`'s defaults and
+the loss with the variant's defaults, the reference's settings.
 
-Imports are kept minimal on purpose: jax, flax, optax and numpy at module
-level; torch and the renderer only when they are used.
+torch and the renderer are imported only when they are used.
 """
 
 from __future__ import annotations
@@ -54,8 +51,12 @@ import numpy as np
 import optax
 
 from feratt_jax import losses as losses_lib
+from feratt_jax import optimizers, step
 from feratt_jax.models import FERATT_VARIANTS, LOSS_VARIANT, MODEL_NAMES, build_model
 from feratt_jax.models.summary import DEFAULT_IMAGE_SIZE
+
+# The reference's optimizer: Adam(lr=1e-4, amsgrad=True) at a constant rate.
+LEARNING_RATE = 1e-4
 
 
 PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
@@ -219,99 +220,6 @@ def synthetic_batch(batch_size: int, image_size: int, num_classes: int, seed: in
 
 
 # ==========================================================================
-# The JAX train step (same arithmetic as feratt_jax.train.make_train_step)
-# ==========================================================================
-
-
-@flax.struct.dataclass
-class BenchState:
-    """Same fields as the trainer's ``TrainState``."""
-
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-
-
-def make_optimizer(learning_rate: float = 1e-4) -> optax.GradientTransformation:
-    """The trainer's default optimizer: PyTorch-exact Adam with AMSGrad, constant lr.
-
-    Built as ``feratt_jax.train.make_optimizer`` builds it for the base
-    config (b1 0.9, b2 0.999, eps 1e-8, no clipping, no weight decay,
-    constant schedule), i.e. the reference's ``Adam(lr=1e-4, amsgrad=True)``.
-    """
-    from feratt_jax.optimizers import scale_by_torch_adam
-
-    schedule = optax.constant_schedule(learning_rate)
-    return optax.chain(scale_by_torch_adam(b1=0.9, b2=0.999, eps=1e-8, amsgrad=True), optax.scale_by_learning_rate(schedule))
-
-
-def make_train_step(
-    model: Any,
-    tx: optax.GradientTransformation,
-    *,
-    variant: str,
-    num_classes: int,
-    learning_rate: float = 1e-4,
-    seed: int = 0,
-    render: Callable[[Mapping[str, jax.Array], jax.Array], Mapping[str, jax.Array]] | None = None,
-) -> Callable[[BenchState, Mapping[str, jax.Array]], tuple[BenchState, dict[str, jax.Array]]]:
-    """``train_step(state, batch) -> (state, metrics)``, the trainer's step.
-
-    Mirrors ``feratt_jax.train.make_train_step`` for the base config
-    (``input_size`` 0, default loss options, the step's randomness folded
-    from ``seed`` and the step count inside the step), with ``render``
-    optional: when None the batch is taken as already rendered (``image``,
-    ``x_org``, ``label``, ``theta``).
-    """
-    schedule = optax.constant_schedule(learning_rate)
-
-    def train_step(state: BenchState, batch: Mapping[str, jax.Array]):
-        base_rng = jax.random.fold_in(jax.random.key(seed), 1)
-        rng = jax.random.fold_in(base_rng, state.step)
-        render_rng, dropout_rng, loss_rng = jax.random.split(rng, 3)
-        rendered = render(batch, render_rng) if render is not None else batch
-
-        def loss_of(params):
-            outputs, updates = model.apply(
-                {"params": params, "batch_stats": state.batch_stats},
-                rendered["image"],
-                train=True,
-                mutable=["batch_stats"],
-                rngs={"dropout": dropout_rng},
-            )
-            outputs = {k: v.astype(jnp.float32) for k, v in outputs.items()}
-            terms = losses_lib.feratt_losses(outputs, rendered, loss_rng, variant=variant, num_classes=num_classes)
-            return terms["total"], (terms, outputs, updates.get("batch_stats", {}))
-
-        (_, (terms, outputs, new_batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {f"loss/{k}": v for k, v in terms.items()}
-        metrics["accuracy"] = jnp.mean(jnp.argmax(outputs["logits"], -1) == rendered["label"])
-        if "embedding" in outputs:
-            # The trainer's nearest-class-mean accuracy: a few (B, C) ops.
-            from feratt_jax import metrics as metrics_lib
-
-            metrics["gmm_accuracy"] = metrics_lib.nearest_class_mean_accuracy(outputs["embedding"], rendered["label"]) / 100.0
-        metrics["grad_norm"] = _tree_norm(grads)
-        metrics["param_norm"] = _tree_norm(params)
-        metrics["learning_rate"] = schedule(state.step)
-        new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_batch_stats, opt_state=opt_state)
-        return new_state, metrics
-
-    return train_step
-
-
-def _tree_norm(tree: Any) -> jax.Array:
-    """Global L2 norm (optax.tree.norm; optax.global_norm, its deprecated alias, on old optax)."""
-    tree_mod = getattr(optax, "tree", None)
-    if tree_mod is not None and hasattr(tree_mod, "norm"):
-        return tree_mod.norm(tree)
-    return optax.global_norm(tree)
-
-
-# ==========================================================================
 # Runners: one object per framework/mode, stepped in turn by the scheduler
 # ==========================================================================
 
@@ -327,26 +235,25 @@ class JaxRunner:
         self.device = jax.devices()[0]
         dtype = PRECISIONS[precision]
         self.model = build_model(model_name, num_classes=num_classes, dtype=dtype)
-        self.tx = make_optimizer()
-        variant = LOSS_VARIANT[model_name]
+        schedule = optax.constant_schedule(LEARNING_RATE)
+        self.tx = optimizers.make_optimizer(schedule)
         host_batch = synthetic_batch(batch_size, image_size, num_classes, seed)
         self.batch = jax.device_put(host_batch, self.device)
         sample = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
 
-        def init_state(rng: jax.Array) -> BenchState:
+        def init_state(rng: jax.Array) -> step.TrainState:
             variables = self.model.init({"params": rng, "dropout": rng}, sample, train=False)
             params = variables["params"]
-            return BenchState(jnp.zeros((), jnp.int32), params, variables.get("batch_stats", {}), self.tx.init(params))
+            return step.TrainState(jnp.zeros((), jnp.int32), params, variables.get("batch_stats", {}), self.tx.init(params))
 
         self.state = jax.jit(init_state)(jax.random.key(seed + 1))
         _block(self.state)
 
-        step_fn = make_train_step(self.model, self.tx, variant=variant, num_classes=num_classes, seed=seed)
-        model = self.model
-
-        def eval_fn(params, batch_stats, image_BHWC):
-            outputs = model.apply({"params": params, "batch_stats": batch_stats}, image_BHWC, train=False)
-            return {k: v.astype(jnp.float32) for k, v in outputs.items()}
+        # The trainer's step for a config with no resize and no standardization.
+        prepare = lambda image_BHWC: step.model_input(image_BHWC, 0)  # noqa: E731
+        loss_options = {"variant": LOSS_VARIANT[model_name], "num_classes": num_classes}
+        step_fn = step.make_train_step(self.model, self.tx, schedule, prepare=prepare, loss_options=loss_options, seed=seed)
+        eval_fn = step.make_eval_step(self.model, prepare)
 
         # Donating the state lets XLA update parameters and optimizer moments in place.
         t0 = time.perf_counter()
@@ -798,7 +705,7 @@ def run_bench(
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "steps": steps,
             "warmup": warmup,
-            "jax_train_step": "feratt_jax.bench.make_train_step: trainer arithmetic (forward, losses, grad, AMSGrad, "
+            "jax_train_step": "feratt_jax.step.make_train_step, the trainer's own step (forward, losses, grad, AMSGrad, "
             "BN stats, metrics; donated state) on a pre-rendered batch; the renderer is timed separately",
             **torch_meta,
         },
