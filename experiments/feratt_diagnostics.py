@@ -128,7 +128,8 @@ def diagnose_fold(method: str, workdir: pathlib.Path, out: pathlib.Path | None, 
     import ml_collections
 
     from feratt_jax import diagnostics
-    from feratt_jax.evaluate import LoadedRun, attention_grid
+    from feratt_jax.evaluate import attention_grid
+    from feratt_jax.runs import LoadedRun
     from feratt_jax.factory import build_training, make_inputs
     from feratt_jax.train import make_bn_recalibration
 

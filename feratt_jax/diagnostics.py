@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from feratt_jax import losses as losses_lib
+from feratt_jax.plots import attention_map
 from feratt_jax.models.feratt import backbone_input, make_backbone
 from feratt_jax.models.layers import normalize_layer
 from feratt_jax.factory import loss_options, model_input_fn
@@ -91,13 +92,6 @@ def pixel_auc(scores_N: np.ndarray, positive_N: np.ndarray) -> float:
         return float("nan")
     ranks = rankdata(scores_N)  # average ranks for ties
     return float((ranks[positive_N].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def attention_map(attention_BHWC: np.ndarray) -> np.ndarray:
-    """The map shown in the figures: sigmoid of the attention logits, mean over channels."""
-    from scipy.special import expit
-
-    return expit(np.asarray(attention_BHWC, np.float64)).mean(axis=-1)
 
 
 def attention_on_face(attention_BHWC: np.ndarray, mask_BHW1: np.ndarray) -> dict[str, float]:

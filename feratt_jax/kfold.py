@@ -162,7 +162,7 @@ def run_kfold(
     check_folds(config, folds)
     if train_fn is None:
         from feratt_jax.train import train_and_evaluate as train_fn
-    from feratt_jax.train import _write_json
+    from feratt_jax.runs import write_json
 
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -203,7 +203,7 @@ def run_kfold(
         **summarise(per_fold),
     }
     if _is_main_process():
-        _write_json(workdir / "kfold.json", result)
+        write_json(workdir / "kfold.json", result)
         (workdir / "kfold.md").write_text(markdown_table(result))
     return result
 

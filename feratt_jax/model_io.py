@@ -35,6 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from feratt_jax import __version__
+from feratt_jax.models import FERAttention, build_model
+from feratt_jax.models.cvgg import CVGG13
+
 FORMAT_NAME = "feratt-jax-model"
 FORMAT_VERSION = 1
 SPEC_FILENAME = "model.json"
@@ -87,7 +91,7 @@ def flatten_variables(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     Returns:
       Flat dict keyed by "/"-joined paths, values as NumPy arrays.
     """
-    flat = flatten_dict(_to_dict(variables), sep="/")
+    flat = flatten_dict(plain_dict(variables), sep="/")
     return {key: np.asarray(value) for key, value in flat.items()}
 
 
@@ -107,8 +111,8 @@ def check_variables(variables: Mapping[str, Any], template: Mapping[str, Any], *
     Raises:
       CheckpointError: listing every missing and unexpected path and every shape mismatch.
     """
-    got = {k: tuple(np.shape(v)) for k, v in flatten_dict(_to_dict(variables), sep="/").items()}
-    want = {k: tuple(v.shape) for k, v in flatten_dict(_to_dict(template), sep="/").items()}
+    got = {k: tuple(np.shape(v)) for k, v in flatten_dict(plain_dict(variables), sep="/").items()}
+    want = {k: tuple(v.shape) for k, v in flatten_dict(plain_dict(template), sep="/").items()}
     problems = [f"missing variable {k!r} (expected shape {want[k]})" for k in want if k not in got]
     problems += [f"unexpected variable {k!r} (shape {got[k]})" for k in got if k not in want]
     problems += [
@@ -117,17 +121,18 @@ def check_variables(variables: Mapping[str, Any], template: Mapping[str, Any], *
         if k in got and got[k] != want[k]
     ]
     if problems:
-        raise CheckpointError(_summarise(f"{source} does not match the model", problems))
+        raise CheckpointError(summarise_problems(f"{source} does not match the model", problems))
 
 
-def _to_dict(tree: Any) -> Any:
+def plain_dict(tree: Any) -> Any:
     """FrozenDict/Mapping -> plain nested dict (leaves untouched)."""
     if isinstance(tree, Mapping):
-        return {k: _to_dict(v) for k, v in tree.items()}
+        return {k: plain_dict(v) for k, v in tree.items()}
     return tree
 
 
-def _summarise(headline: str, problems: list[str], limit: int = 20) -> str:
+def summarise_problems(headline: str, problems: list[str], limit: int = 20) -> str:
+    """One error message: a headline with the problem count, then the first ``limit`` problems, one a line."""
     shown = problems[:limit]
     more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
     return f"{headline} ({len(problems)} problem(s)):\n  " + "\n  ".join(shown) + more
@@ -194,8 +199,6 @@ def save_model(
         raise
 
     # 2. The spec, replaced atomically: this is the commit point.
-    from feratt_jax import __version__
-
     spec = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -275,8 +278,6 @@ def load_model(directory: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, 
       CheckpointError: a corrupt file (named), a checksum mismatch, or
         variables that do not fit the model (paths/shapes named).
     """
-    from feratt_jax.models import build_model
-
     spec = read_spec(directory)
     module = build_model(
         spec["model_name"], num_classes=spec["num_classes"], dim=spec["dim"], **spec.get("model_options", {})
@@ -300,45 +301,6 @@ def load_model(directory: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, 
     return module, variables, spec
 
 
-def load_any(source: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """Load a model export (``model.json``) or a training workdir (``config.json``, best checkpoint).
-
-    Args:
-      source: an export directory or a ``feratt train`` workdir.
-
-    Returns:
-      ``(module, variables, spec)`` as :func:`load_model`; for a workdir the
-      spec is synthesised from the run (``extra`` holds ``step`` and ``workdir``).
-
-    Raises:
-      FileNotFoundError: neither kind of directory.
-      CheckpointError: as :func:`load_model`.
-    """
-    path = Path(source)
-    if (path / SPEC_FILENAME).is_file():
-        return load_model(path)
-    if (path / "config.json").is_file():
-        from feratt_jax.evaluate import LoadedRun
-
-        run = LoadedRun(path)
-        spec = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "model_name": str(run.config.model.name),
-            "num_classes": int(run.config.model.num_classes),
-            "dim": int(run.config.model.dim),
-            "model_options": module_options(run.model),
-            "extra": {
-                "step": run.step,
-                "workdir": str(path),
-                # Preprocessing outside the module that its users must repeat.
-                "input_standardization": bool(run.config.model.get("input_standardization", False)),
-            },
-        }
-        return run.model, run.variables, spec
-    raise FileNotFoundError(f"{source} is neither a model export (no {SPEC_FILENAME}) nor a training workdir (no config.json)")
-
-
 def module_options(module: nn.Module) -> dict[str, Any]:
     """The non-default ``build_model`` options that rebuild ``module`` (for specs).
 
@@ -348,9 +310,6 @@ def module_options(module: nn.Module) -> dict[str, Any]:
     Returns:
       Options dict (JSON-serialisable), e.g. ``{"backbone": "resnet18"}``.
     """
-    from feratt_jax.models import FERAttention
-    from feratt_jax.models.cvgg import CVGG13
-
     if isinstance(module, FERAttention):
         options: dict[str, Any] = {"backbone": module.backbone}
         if module.attention_channels:
@@ -386,10 +345,11 @@ __all__ = [
     "abstract_variables",
     "check_variables",
     "flatten_variables",
-    "load_any",
     "load_model",
     "module_options",
+    "plain_dict",
     "read_spec",
     "save_model",
+    "summarise_problems",
     "unflatten_variables",
 ]

@@ -1,4 +1,4 @@
-"""PNG figures for reports: confusion matrices, image grids, curves (matplotlib, Agg)."""
+"""PNG figures for reports: confusion matrices, image grids, curves (matplotlib, Agg), and the attention map they show."""
 
 from __future__ import annotations
 
@@ -6,6 +6,13 @@ import pathlib
 from typing import Mapping, Sequence
 
 import numpy as np
+
+
+def attention_map(attention_BHWC: np.ndarray) -> np.ndarray:
+    """The map shown in the figures: sigmoid of the attention logits, mean over channels."""
+    from scipy.special import expit
+
+    return expit(np.asarray(attention_BHWC, np.float64)).mean(axis=-1)
 
 
 def _pyplot():

@@ -289,8 +289,7 @@ def predict_images(
       One dict per image: ``image``, ``label``, ``probabilities`` (name ->
       p), ``face_detected``, ``box`` [row, col, height, width], ``overlay``.
     """
-    from feratt_jax.evaluate import LoadedRun
-    from feratt_jax.train import _write_json
+    from feratt_jax.runs import LoadedRun, write_json
 
     if not images:
         raise ValueError("no images given")
@@ -309,7 +308,7 @@ def predict_images(
     probs = _softmax(outputs["logits"].astype(np.float64))
     attention = None
     if "attention" in outputs:
-        from feratt_jax.diagnostics import attention_map
+        from feratt_jax.plots import attention_map
 
         attention = attention_map(outputs["attention"])
 
@@ -342,7 +341,7 @@ def predict_images(
                 "overlay": str(png),
             }
         )
-    _write_json(out_dir / "predictions.json", results)
+    write_json(out_dir / "predictions.json", results)
     return results
 
 

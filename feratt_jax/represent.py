@@ -228,9 +228,8 @@ def represent_run(
         raise ValueError(f"--k must be >= 1, got {k}")
     if train_size < 0:
         raise ValueError(f"--train-size must be >= 0, got {train_size}")
-    from feratt_jax.evaluate import LoadedRun
     from feratt_jax.factory import make_inputs
-    from feratt_jax.train import _write_json
+    from feratt_jax.runs import LoadedRun, write_json
 
     run = LoadedRun(workdir)
     datasets = make_inputs(run.config)
@@ -281,7 +280,7 @@ def represent_run(
         eval_subject=np.asarray(eval_set["subject"], np.int64),
         eval_knn_prediction=knn_preds,
     )
-    _write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "metrics.json", metrics)
     title = (
         f"{run.config.model.name} {representation} ({metrics['dim']}-d), {split}: "
         f"{report['k']}-NN acc {report['accuracy']:.3f}, NMI {report['nmi']:.3f}"

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from feratt_jax import factory, precise_bn, sharding, validation, workdir_lock
+from feratt_jax import factory, precise_bn, runs, sharding, validation, workdir_lock
 from feratt_jax.checkpointing import Checkpointer
 from feratt_jax.data import pipeline
 from feratt_jax.metric_writer import MetricWriter
@@ -72,18 +72,6 @@ class StopRequested:
 # ==========================================================================
 # The loop
 # ==========================================================================
-
-
-def _write_json(path: pathlib.Path, payload: Any) -> None:
-    """Write JSON atomically: a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    except OSError as err:  # name the file: a full disk's OSError carries no path
-        tmp.unlink(missing_ok=True)
-        raise OSError(err.errno, f"{err.strerror} writing {path}", str(path)) from err
-    tmp.replace(path)
 
 
 @contextlib.contextmanager
@@ -139,7 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             validation.check_resume(stored, config, workdir)
             if config.optimizer.schedule == "cosine" and stored.get("train", {}).get("num_steps") != config.train.num_steps:
                 print(f"warning: train.num_steps changed on resume; the cosine schedule now decays over {config.train.num_steps} steps", flush=True)
-        _write_json(workdir / "config.json", config.to_dict())
+        runs.write_json(workdir / "config.json", config.to_dict())
         return _train_and_evaluate(config, workdir)
 
 
@@ -280,7 +268,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     }
     writer.scalars(step, {"accuracy": summary["test"]["accuracy"], "reference_f1": summary["test"]["reference_f1"]}, prefix="test/")
     if is_main:
-        _write_json(workdir / "eval" / "metrics.json", summary)
+        runs.write_json(workdir / "eval" / "metrics.json", summary)
     writer.close()
     checkpointer.close()
     return summary
@@ -320,9 +308,7 @@ def make_bn_recalibration(model: Any, config: ml_collections.ConfigDict, data: p
 
 def _initialise_from(state: TrainState, source: str, repl: Any) -> TrainState:
     """Load params (and BN statistics) from a model export or another run's workdir."""
-    from feratt_jax import model_io
-
-    _, variables, _ = model_io.load_any(source)
+    _, variables, _ = runs.load_any(source)
     params = _merge_checked(state.params, variables["params"], "params")
     batch_stats = _merge_checked(state.batch_stats, variables.get("batch_stats", {}), "batch_stats")
     return state.replace(params=jax.device_put(params, repl), batch_stats=jax.device_put(batch_stats, repl))

@@ -323,10 +323,10 @@ def test_info(capsys):
 
 def test_convert_round_trip_and_eval_of_the_export(trained, cache_dir, tmp_path, capsys, monkeypatch):
     pytest.importorskip("torch")
-    from feratt_jax import configs, model_io
+    from feratt_jax import configs, model_io, runs
 
     # `feratt convert --to-torch` reads exports, so export the run first.
-    module, variables, spec = model_io.load_any(trained)
+    module, variables, spec = runs.load_any(trained)
     export = tmp_path / "export"
     model_io.save_model(
         export, variables, model_name=spec["model_name"], num_classes=spec["num_classes"], dim=spec["dim"],

@@ -113,7 +113,7 @@ def _from_torch(args: argparse.Namespace) -> int:
 
 def _to_torch(args: argparse.Namespace) -> int:
     from feratt_jax.interop.torch_checkpoint import export_reference_checkpoint
-    from feratt_jax.model_io import load_any
+    from feratt_jax.runs import load_any
 
     _, variables, spec = load_any(args.to_torch)  # an export or a training workdir
     extra = spec.get("extra", {})

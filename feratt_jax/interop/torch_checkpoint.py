@@ -42,7 +42,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from feratt_jax.interop import require_torch
-from feratt_jax.model_io import CheckpointError, _summarise, _to_dict, abstract_variables
+from feratt_jax.model_io import CheckpointError, abstract_variables, plain_dict, summarise_problems
 
 _LEAF_TO_TORCH = {
     ("params", "kernel"): "weight",
@@ -158,7 +158,7 @@ def normalize_state_dict(state_dict: Mapping[str, Any], *, source: str = "state_
                 f"{alias_key!r} {value.shape} differs from its alias {canonical!r} {out[canonical].shape}"
             )
     if problems:
-        raise CheckpointError(_summarise(f"{source}: inconsistent duplicated encoder tensors", problems))
+        raise CheckpointError(summarise_problems(f"{source}: inconsistent duplicated encoder tensors", problems))
     return out
 
 
@@ -183,7 +183,7 @@ def state_dict_to_variables(
         listed with the key and both shapes (PyTorch layout).
     """
     given = normalize_state_dict(state_dict, source=source)
-    flat_template = flatten_dict(_to_dict(template))
+    flat_template = flatten_dict(plain_dict(template))
     expected: dict[str, tuple[tuple[str, ...], tuple[int, ...], Any]] = {}
     for full_path, leaf in flat_template.items():
         collection, path = full_path[0], full_path[1:]
@@ -197,7 +197,7 @@ def state_dict_to_variables(
         if k in given and tuple(given[k].shape) != shape
     ]
     if problems:
-        raise CheckpointError(_summarise(f"{source} does not match the model", problems))
+        raise CheckpointError(summarise_problems(f"{source} does not match the model", problems))
 
     flat: dict[tuple[str, ...], np.ndarray] = {}
     for key, (full_path, _, dtype) in expected.items():
@@ -229,7 +229,7 @@ def variables_to_state_dict(
     Returns:
       Ordered key -> array (float32 weights keep their dtype).
     """
-    flat = flatten_dict(_to_dict(variables))
+    flat = flatten_dict(plain_dict(variables))
     out: OrderedDict[str, np.ndarray] = OrderedDict()
     bn_prefixes: list[str] = []
     for full_path, leaf in flat.items():
@@ -449,8 +449,8 @@ def insert_attention_encoder(variables: Mapping[str, Any], encoder: Mapping[str,
     Raises:
       CheckpointError: the model has no attention module or a shape differs.
     """
-    out = {col: dict(tree) for col, tree in _to_dict(variables).items()}
-    for col, subtrees in _to_dict(encoder).items():
+    out = {col: dict(tree) for col, tree in plain_dict(variables).items()}
+    for col, subtrees in plain_dict(encoder).items():
         tree = out.get(col, {})
         if "conv1" in tree.get("attention_map", {}):
             parent, where = dict(tree["attention_map"]), f"{col}/attention_map"
