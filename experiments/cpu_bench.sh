@@ -18,10 +18,10 @@ mkdir -p "$OUT_DIR"
 cd "$REPO"
 COMMON=(--model ferattention --batch-size 32 --precision fp32 --steps "$STEPS" --warmup 2)
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT_DIR/load.txt"
-"$PY" -m feratt_jax.bench_cli "${COMMON[@]}" --no-fast-cpu-flags --compare-torch --render-batch-size \
+"$PY" -m feratt_jax bench "${COMMON[@]}" --no-fast-cpu-flags --compare-torch --render-batch-size \
     --json "$OUT_DIR/1_baseline.json" --markdown "$OUT_DIR/1_baseline.md"
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT_DIR/load.txt"
-"$PY" -m feratt_jax.bench_cli "${COMMON[@]}" --compare-torch --render-batch-size 32 256 \
+"$PY" -m feratt_jax bench "${COMMON[@]}" --compare-torch --render-batch-size 32 256 \
     --json "$OUT_DIR/2_flags.json" --markdown "$OUT_DIR/2_flags.md"
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT_DIR/load.txt"
 "$PY" experiments/cpu_variants.py --patch small-conv-im2col "${COMMON[@]}" --compare-torch --render-batch-size \

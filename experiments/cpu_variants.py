@@ -115,15 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = p.parse_known_args(argv)
     apply_patches(args.patch)
 
-    from feratt_jax import bench_cli
+    from feratt_jax.cli import main as feratt_main
 
-    parser = argparse.ArgumentParser(prog="cpu_variants.py [--patch NAME ...]")
-    bench_cli.add_bench_arguments(parser)
-    bench_args = parser.parse_args(rest)
-    status = bench_cli.run_bench_cli(bench_args)
-    if bench_args.json:
+    status = feratt_main(["bench", *rest])
+    json_out = argparse.ArgumentParser(add_help=False)
+    json_out.add_argument("--json", default=None)
+    json_path = json_out.parse_known_args(rest)[0].json
+    if status == 0 and json_path:
         # Record what was patched next to the figures.
-        path = pathlib.Path(bench_args.json)
+        path = pathlib.Path(json_path)
         report = json.loads(path.read_text())
         report["meta"]["patches"] = args.patch
         path.write_text(json.dumps(report, indent=2, sort_keys=True))

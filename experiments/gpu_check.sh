@@ -112,7 +112,7 @@ fi
 LEFT=$(( BUDGET_S - ($(date +%s) - START_S) ))
 say "bench: ferattention bf16+fp32 ${SIZES[*]} ${TORCH[*]} (time limit ${LEFT}s)"
 set +e
-timeout --signal=TERM --kill-after=10 "$LEFT" "$PY" -m feratt_jax.bench_cli \
+timeout --signal=TERM --kill-after=10 "$LEFT" "$PY" -m feratt_jax bench \
     --model ferattention --precision bf16 fp32 "${SIZES[@]}" "${TORCH[@]}" \
     --json "$OUT_DIR/bench.json" --markdown "$OUT_DIR/bench.md" 2>&1 | tee -a "$LOG"
 STATUS=${PIPESTATUS[0]}

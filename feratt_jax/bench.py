@@ -1,8 +1,7 @@
 """Benchmarks: JAX train/inference step timings, FLOPs and MFU, the renderer, and PyTorch beside them.
 
-``feratt bench`` (argparse wiring in :mod:`feratt_jax.bench_cli`) and
-``python -m feratt_jax.bench`` both call :func:`run_bench`, which returns one
-JSON-ready report. For every (model, batch size, precision) setting it measures:
+``feratt bench`` (arguments in :mod:`feratt_jax.cli`) calls :func:`run_bench`,
+which returns one JSON-ready report. For every (model, batch size, precision) setting it measures:
 
 * compile time of the jitted train step and of the inference forward
   (``lower`` + ``compile``, ahead of time, so no step is timed cold);
@@ -865,8 +864,3 @@ def write_outputs(report: Mapping[str, Any], json_path: str | None, markdown_pat
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(text)
 
-
-if __name__ == "__main__":
-    from feratt_jax.bench_cli import main
-
-    sys.exit(main())

@@ -18,11 +18,12 @@ import ml_collections
 
 from feratt_jax.losses import reference_loss_options
 from feratt_jax.models import LOSS_VARIANT, PAPER_ERA_MODELS
+from feratt_jax.models.summary import DEFAULT_IMAGE_SIZE
 
 
 
 def base_config(model_name: str) -> ml_collections.ConfigDict:
-    """The reference's settings (reference.md 4.2) for ``model_name``.
+    """The reference's settings (docs/reference.md 4.2) for ``model_name``.
 
     Batch 32, Adam with amsgrad at lr 1e-4 and no schedule, 64x64 images,
     dim 32, sigma 0.5; subject-independent fold 0 of the synthetic benchmark.
@@ -214,7 +215,7 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 SIZES = {"": lambda c: c, "full": lambda c: c, "quick": quick, "tiny": tiny}
 
-# The paper's table settings (reference.md 6): dataset -> (classes, subjects).
+# The paper's table settings (docs/reference.md 6): dataset -> (classes, subjects).
 PAPER_DATASETS = {"ckplus": (8, 123), "bu3dfe": (7, 100)}
 
 
@@ -248,8 +249,6 @@ def paper_table_config(dataset: str, mode: str, arg: str = "") -> ml_collections
                 f"and/or a size {sorted(k for k in SIZES if k)}"
             )
     c = sized(base_config(model_name), size)
-    from feratt_jax.models.summary import DEFAULT_IMAGE_SIZE
-
     c.model.input_size = DEFAULT_IMAGE_SIZE.get(model_name, 0)
     c.model.num_classes, subjects = PAPER_DATASETS[dataset]
     c.data.source = dataset

@@ -5,7 +5,7 @@ through :func:`feratt_jax.train.train_and_evaluate` (so each fold resumes from
 its own checkpoints), then the test metrics of every fold's best-validation
 checkpoint are gathered into ``kfold.json`` and ``kfold.md``: per fold and
 mean +- standard deviation, in the paper's table format (Acc, Prec, Rec, F1 with
-F1 = 2PR/(P+R) of the macro P and R, reference.md section 6), plus macro-F1.
+F1 = 2PR/(P+R) of the macro P and R, docs/reference.md section 6), plus macro-F1.
 
 A fold whose ``eval/metrics.json`` exists is complete and is not retrained;
 an interrupted run of the command picks up where it stopped.
@@ -13,16 +13,17 @@ an interrupted run of the command picks up where it stopped.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import pathlib
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
+import jax
+import ml_collections
 import numpy as np
 
-if TYPE_CHECKING:  # the CLI registers this module without importing ml_collections
-    import ml_collections
+from feratt_jax import train, validation
+from feratt_jax.runs import write_json
 
 # (key in the eval report, column title); the first four are the paper's.
 COLUMNS = (
@@ -50,8 +51,6 @@ _IGNORED_FIELDS = {
 
 def supported_folds(config: ml_collections.ConfigDict) -> int:
     """How many folds ``config.data`` defines (see :func:`feratt_jax.validation.supported_folds`)."""
-    from feratt_jax import validation
-
     return validation.supported_folds(config)
 
 
@@ -70,8 +69,6 @@ def check_folds(config: ml_collections.ConfigDict, folds: int) -> None:
 
 def fold_config(config: ml_collections.ConfigDict, fold: int) -> ml_collections.ConfigDict:
     """A copy of ``config`` with ``data.fold = fold``."""
-    import ml_collections
-
     c = ml_collections.ConfigDict(config.to_dict())
     c.data.fold = fold
     return c
@@ -83,8 +80,6 @@ def _config_differences(stored: dict[str, Any], wanted: ml_collections.ConfigDic
     A stored config that predates a newer field counts as having the value that
     reproduces the older behaviour (:data:`feratt_jax.validation.DEFAULTS_OF_NEWER_FIELDS`).
     """
-    from feratt_jax import validation
-
     return validation.config_differences(stored, wanted, _IGNORED_FIELDS)
 
 
@@ -160,9 +155,7 @@ def run_kfold(
         fold was trained with a different config.
     """
     check_folds(config, folds)
-    if train_fn is None:
-        from feratt_jax.train import train_and_evaluate as train_fn
-    from feratt_jax.runs import write_json
+    train_fn = train_fn or train.train_and_evaluate
 
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -210,62 +203,9 @@ def run_kfold(
 
 def _is_main_process() -> bool:
     """Only process 0 writes the tables (as the trainer writes its summaries)."""
-    import jax
-
     return jax.process_index() == 0
 
 
 # ==========================================================================
 # CLI
-# ==========================================================================
-
-
-def add_kfold_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``feratt kfold`` (accepts ``--config.x=...`` overrides like ``train``).
-
-    Args:
-      subparsers: from ``parser.add_subparsers()``.
-
-    Returns:
-      The ``kfold`` parser.
-    """
-    p = subparsers.add_parser(
-        "kfold",
-        help="train folds 0..K-1 of a config (resumable) and write a mean +- std table; extra --config.a.b=value override fields",
-    )
-    p.add_argument("--config", required=True, help="experiments/configs/NAME.py[:quick|tiny]")
-    p.add_argument("--folds", type=int, required=True, help="number of folds K (at most what the data config defines)")
-    p.add_argument("--workdir", required=True, help="parent folder; fold k trains in WORKDIR/fold_k")
-    p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first (multi-host)")
-    p.set_defaults(func=run_kfold_command, accepts_overrides=True)
-    return p
-
-
-def run_kfold_command(args: argparse.Namespace) -> int:
-    """Handler of ``feratt kfold``."""
-    from feratt_jax import configs
-
-    from feratt_jax import validation
-
-    config = configs.load_config(args.config, args.overrides)
-    check_folds(config, args.folds)  # before any multi-host rendezvous
-    validation.validate(fold_config(config, 0))
-    if args.distributed or config.train.distributed:
-        import jax
-
-        jax.distributed.initialize()
-    if any(o.removeprefix("--").startswith("config.data.fold=") for o in args.overrides):
-        print("note: --config.data.fold is ignored by kfold (every fold 0..K-1 is run)")
-    result = run_kfold(config, args.folds, args.workdir, config_spec=args.config)
-    if "stopped" in result:
-        return 0
-    mean, std = result["mean"], result["std"]
-    print(
-        f"{result['folds']}-fold test: "
-        + "  ".join(f"{t} {100 * mean[k]:.2f} +- {100 * std[k]:.2f}" for k, t in COLUMNS)
-        + f"  ({args.workdir}/kfold.md)"
-    )
-    return 0
-
-
-__all__ = ["COLUMNS", "add_kfold_subcommand", "check_folds", "fold_config", "markdown_table", "run_kfold", "summarise", "supported_folds"]
+__all__ = ["COLUMNS", "check_folds", "fold_config", "markdown_table", "run_kfold", "summarise", "supported_folds"]

@@ -16,14 +16,16 @@ and the class probabilities, titled with the predicted label.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import pathlib
 import sys
 from typing import Any, Sequence
 
 import numpy as np
+
+from feratt_jax.plots import attention_map
+from feratt_jax.runs import LoadedRun, write_json
+from feratt_jax.step import predict_dataset
 
 # Share of the detection's side added on each side of the crop: the cascade's
 # box hugs eyes-to-mouth, while training faces include the whole head outline.
@@ -188,7 +190,6 @@ def _predict_batch(run: Any, images_BHWC: np.ndarray) -> dict[str, np.ndarray]:
     configs): wasteful on a CPU for one photo, so the batch here is the
     smallest multiple of the mesh size that holds all images.
     """
-    from feratt_jax.step import predict_dataset
 
     # The mesh spans every device of every process, so its size is a
     # multiple of the process count too.
@@ -289,7 +290,6 @@ def predict_images(
       One dict per image: ``image``, ``label``, ``probabilities`` (name ->
       p), ``face_detected``, ``box`` [row, col, height, width], ``overlay``.
     """
-    from feratt_jax.runs import LoadedRun, write_json
 
     if not images:
         raise ValueError("no images given")
@@ -303,13 +303,10 @@ def predict_images(
     for path, face in zip(images, faces):
         if not face.detected:
             warn(f"warning: no face found in {path}; classifying the whole image")
-    batch = np.stack([f.crop for f in faces])[..., None]
-    outputs = _predict_batch(run, np.repeat(batch, 3, axis=-1))
+    outputs = _predict_batch(run, np.stack([f.crop for f in faces])[..., None])  # grey: the eval step makes it RGB
     probs = _softmax(outputs["logits"].astype(np.float64))
     attention = None
     if "attention" in outputs:
-        from feratt_jax.plots import attention_map
-
         attention = attention_map(outputs["attention"])
 
     out_dir = pathlib.Path(out) if out is not None else run.workdir / "predict"
@@ -347,42 +344,4 @@ def predict_images(
 
 # ==========================================================================
 # CLI
-# ==========================================================================
-
-
-def add_predict_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``feratt predict``.
-
-    Args:
-      subparsers: from ``parser.add_subparsers()``.
-
-    Returns:
-      The ``predict`` parser.
-    """
-    p = subparsers.add_parser(
-        "predict",
-        help="find the face in photos, classify its expression, write attention overlays",
-    )
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="photos (PNG, JPEG, ...)")
-    p.add_argument("--workdir", required=True, help="feratt train workdir or model export")
-    p.add_argument("--out", default=None, help="folder for overlay PNGs and predictions.json (default WORKDIR/predict)")
-    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="crop margin per side, as a share of the face box")
-    p.add_argument("--json", action="store_true", help="print one JSON document instead of one line per image")
-    p.set_defaults(func=run_predict)
-    return p
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    """Handler of ``feratt predict``."""
-    results = predict_images(args.images, args.workdir, out=args.out, margin=args.margin)
-    if args.json:
-        print(json.dumps(results, indent=2))
-        return 0
-    for r in results:
-        probs = "  ".join(f"{name} {p:.3f}" for name, p in r["probabilities"].items())
-        face = "" if r["face_detected"] else "  [no face found: whole image]"
-        print(f"{r['image']}: {r['label']} ({r['probability']:.3f})  |  {probs}  ->  {r['overlay']}{face}")
-    return 0
-
-
-__all__ = ["FaceCrop", "add_predict_subcommand", "crop_face", "detect_faces", "predict_images", "read_image"]
+__all__ = ["FaceCrop", "crop_face", "detect_faces", "predict_images", "read_image"]

@@ -1,6 +1,6 @@
 """``feratt represent``: embeddings of a trained run and the reference's kNN "recovery" test.
 
-The reference (reference.md section 3, ``eval.py``/``represent.py``) fits a
+The reference (docs/reference.md section 3, ``eval.py``/``represent.py``) fits a
 ``KNeighborsClassifier(k=11)`` on training embeddings and scores it on held-out
 embeddings, reporting accuracy, NMI, macro P/R and the paper's F1. Here:
 
@@ -19,12 +19,16 @@ Outputs in ``<workdir>/represent/``: ``embeddings.npz``, ``metrics.json`` and
 
 from __future__ import annotations
 
-import argparse
-import json
 import pathlib
 from typing import Any, Sequence
 
 import numpy as np
+
+from feratt_jax import metrics as metrics_lib
+from feratt_jax.data import pipeline
+from feratt_jax.data.splits import split_record_indices
+from feratt_jax.factory import make_inputs
+from feratt_jax.runs import LoadedRun, write_json
 
 # Stream tag of the training sample; val and test use 1 and 2 in pipeline.make_datasets.
 TRAIN_SAMPLE_TAG = 3
@@ -104,8 +108,6 @@ def recovery_metrics(
       ``(report, preds)``: the classification report of the kNN predictions
       (fractions in [0, 1]) plus ``nmi`` and ``k``, and the (M,) predictions.
     """
-    from feratt_jax import metrics as metrics_lib
-
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     preds = metrics_lib.knn_predict(train_z, train_y, eval_z, k)
@@ -189,9 +191,6 @@ def render_train_sample(datasets: Any, size: int) -> dict[str, np.ndarray]:
       The :func:`render_eval_set` dict for the training subjects (seeded by
       the run's ``eval_seed`` and :data:`TRAIN_SAMPLE_TAG`).
     """
-    from feratt_jax.data import pipeline
-    from feratt_jax.data.splits import split_record_indices
-
     cfg = datasets.config
     idx = split_record_indices(datasets.bank["subject"], datasets.split)
     # The same pool make_datasets built (same config, same seed), so the
@@ -228,9 +227,6 @@ def represent_run(
         raise ValueError(f"--k must be >= 1, got {k}")
     if train_size < 0:
         raise ValueError(f"--train-size must be >= 0, got {train_size}")
-    from feratt_jax.factory import make_inputs
-    from feratt_jax.runs import LoadedRun, write_json
-
     run = LoadedRun(workdir)
     datasets = make_inputs(run.config)
     eval_set = getattr(datasets, split)
@@ -291,57 +287,7 @@ def represent_run(
 
 # ==========================================================================
 # CLI
-# ==========================================================================
-
-
-def add_represent_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``feratt represent``.
-
-    Args:
-      subparsers: from ``parser.add_subparsers()``.
-
-    Returns:
-      The ``represent`` parser.
-    """
-    p = subparsers.add_parser(
-        "represent",
-        help="embeddings of a trained run, the kNN (k=11) recovery test and a 2-D embedding plot",
-    )
-    p.add_argument("--workdir", required=True, help="feratt train workdir or model export")
-    p.add_argument("--split", choices=("val", "test"), default="test", help="held-out set scored by the kNN")
-    p.add_argument("--k", type=int, default=DEFAULT_K, help="neighbours (the reference: 11)")
-    p.add_argument("--train-size", type=int, default=0, help="rendered training samples (0 = max(val_size, test_size))")
-    p.add_argument("--out", default=None, help="output folder (default WORKDIR/represent)")
-    p.set_defaults(func=run_represent)
-    return p
-
-
-def run_represent(args: argparse.Namespace) -> int:
-    """Handler of ``feratt represent``."""
-    m = represent_run(args.workdir, split=args.split, k=args.k, train_size=args.train_size, out=args.out)
-    out = args.out or str(pathlib.Path(args.workdir) / "represent")
-    if m["representation"] != "embedding":
-        print(f"note: {m['note']}")
-    print(
-        json.dumps(
-            {
-                "representation": m["representation"],
-                "k": m["k"],
-                "knn_accuracy": m["accuracy"],
-                "nmi": m["nmi"],
-                "macro_precision": m["macro_precision"],
-                "macro_recall": m["macro_recall"],
-                "reference_f1": m["reference_f1"],
-                "classifier_accuracy": m["classifier_accuracy"],
-                "out": out,
-            }
-        )
-    )
-    return 0
-
-
 __all__ = [
-    "add_represent_subcommand",
     "embedding_plot_png",
     "normalized_mutual_info",
     "pca_2d",

@@ -259,12 +259,9 @@ def test_write_preview_png(tmp_path):
 
 
 def test_cli_preview(tmp_path):
-    import argparse
+    from feratt_jax.cli import build_parser
 
-    from feratt_jax.data.cli import add_data_subcommands
-
-    parser = argparse.ArgumentParser(prog="feratt")
-    add_data_subcommands(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     args = parser.parse_args(["data", "preview", "--out", str(tmp_path / "p.png"), "--subjects", "2"])
     assert args.func is not None and args.out.endswith("p.png")
     with pytest.raises(SystemExit):

@@ -485,7 +485,10 @@ def test_rafdb_layout_partitions_and_bad_lines(tmp_path):
 
 
 def test_cli_prepare_and_workers(tmp_path, capsys):
-    from feratt_jax.data.cli import main
+    from feratt_jax.cli import main as cli_main
+
+    def main(argv):
+        return cli_main(["data", *argv])
 
     raw = tmp_path / "RAF"
     _rafdb_tree(raw, n=5)

@@ -9,7 +9,6 @@ generator version, so repeated runs load in well under a second.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -79,14 +78,14 @@ def _run_workers(
     pkg_root = str(pathlib.Path(synthfaces.__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([pkg_root, *filter(None, [env.get("PYTHONPATH")])])
-    cfg_json = json.dumps(dataclasses.asdict(config))
+    cfg = dataclasses.asdict(config)
     with tempfile.TemporaryDirectory(prefix="feratt_bank_") as tmp:
         procs = []
         for k, chunk in enumerate(chunks):
             out = os.path.join(tmp, f"part{k}.npz")
-            cmd = [sys.executable, "-m", "feratt_jax.data.facebank", "--out", out]
-            cmd += ["--first", str(chunk[0]), "--count", str(len(chunk)), "--intensities", str(intensities)]
-            cmd += ["--seed", str(seed), "--num-classes", str(num_classes), "--config", cfg_json]
+            job = {"out": out, "first": chunk[0], "count": len(chunk), "intensities": intensities, "seed": seed}
+            job.update(num_classes=num_classes, config=cfg)
+            cmd = [sys.executable, "-m", "feratt_jax.data.facebank", json.dumps(job)]
             procs.append((subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), out))
         parts = []
         for proc, out in procs:
@@ -201,22 +200,20 @@ def load_or_build_bank(
     return bank
 
 
-def _main(argv: list[str] | None = None) -> None:
-    """Worker entry point: ``python -m feratt_jax.data.facebank --first ... --out part.npz``."""
-    p = argparse.ArgumentParser(description="generate a chunk of a synthetic face bank (internal)")
-    p.add_argument("--first", type=int, required=True)
-    p.add_argument("--count", type=int, required=True)
-    p.add_argument("--intensities", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--num-classes", type=int, required=True)
-    p.add_argument("--config", required=True, help="GeneratorConfig as JSON")
-    p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
-    config = synthfaces.GeneratorConfig.from_dict(json.loads(a.config))
-    bank = _generate_subjects(list(range(a.first, a.first + a.count)), a.intensities, a.seed, config, a.num_classes)
-    with open(a.out, "wb") as f:
+def _worker(job_json: str) -> None:
+    """A worker process of :func:`_run_workers`: ``python -m feratt_jax.data.facebank JOB``.
+
+    ``JOB`` is one JSON object (``out``, ``first``, ``count``, ``intensities``,
+    ``seed``, ``num_classes`` and the ``GeneratorConfig`` as ``config``): an
+    internal protocol between two processes, not a command line.
+    """
+    job = json.loads(job_json)
+    config = synthfaces.GeneratorConfig.from_dict(job["config"])
+    first = int(job["first"])
+    bank = _generate_subjects(list(range(first, first + int(job["count"]))), int(job["intensities"]), int(job["seed"]), config, int(job["num_classes"]))
+    with open(job["out"], "wb") as f:
         np.savez(f, **bank)
 
 
 if __name__ == "__main__":
-    _main()
+    _worker(sys.argv[1])

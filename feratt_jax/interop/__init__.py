@@ -11,7 +11,6 @@
   PyTorch (needs torch).
 * :mod:`feratt_jax.optimizers`: an optax transformation with exactly
   ``torch.optim.Adam`` semantics, AMSGrad included (no torch needed).
-* :mod:`feratt_jax.interop.cli`: the ``feratt convert`` subcommand.
 
 Nothing here imports torch at package import time, so ``import
 feratt_jax.interop`` works without the ``[torch]`` extra.

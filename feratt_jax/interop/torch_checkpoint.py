@@ -15,7 +15,7 @@ batch_stats ``var``  ``running_var``        unchanged (both store the unbiased v
 ===================  =====================  ================================
 
 The reference's files also hold every attention-encoder tensor a second time
-under ``attention_map.encoder.*`` (torchvision ResNet-34 names, reference.md
+under ``attention_map.encoder.*`` (torchvision ResNet-34 names, docs/reference.md
 1.2) plus the unused ``attention_map.encoder.fc`` (the paper-era model,
 ``ferattention_2019``, has its U-Net at the top level: ``encoder.*`` aliasing
 ``conv1.0/1``, ``conv2``-``conv5``); BN layers add
@@ -42,7 +42,10 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from feratt_jax.interop import require_torch
-from feratt_jax.model_io import CheckpointError, abstract_variables, plain_dict, summarise_problems
+from feratt_jax.model_io import CheckpointError, abstract_variables, check_variables, plain_dict, summarise_problems
+from feratt_jax.models import FERATT_VARIANTS, PAPER_ERA_MODELS, REFERENCE_ARCH, build_model
+from feratt_jax.models.attention_unet import AttentionResNet
+from feratt_jax.models.summary import DEFAULT_IMAGE_SIZE
 
 _LEAF_TO_TORCH = {
     ("params", "kernel"): "weight",
@@ -373,16 +376,12 @@ def load_reference_checkpoint(
       CheckpointError: corrupt file, or keys/shapes not matching the model
         (every problem named with the key and both shapes).
     """
-    from feratt_jax.models import build_model
-
     state_dict, _ = read_torch_checkpoint(path, weights_only=weights_only)
     module = build_model(model_name, num_classes=num_classes, dim=dim, **model_options)
     return state_dict_to_variables(state_dict, abstract_variables(module), source=str(path))
 
 
 def _encoder_template() -> dict[str, Any]:
-    from feratt_jax.models.attention_unet import AttentionResNet
-
     # Any output width will do: the encoder does not depend on it.
     template = abstract_variables(AttentionResNet(1))
     return {col: {name: tree[name] for name in _ENCODER_SUBMODULES if name in tree} for col, tree in template.items()}
@@ -517,10 +516,6 @@ def export_reference_checkpoint(
       ImportError: torch missing. CheckpointError: variables do not fit the model.
     """
     torch = require_torch()
-    from feratt_jax.model_io import check_variables
-    from feratt_jax.models import FERATT_VARIANTS, PAPER_ERA_MODELS, REFERENCE_ARCH, build_model
-    from feratt_jax.models.summary import DEFAULT_IMAGE_SIZE
-
     module = build_model(model_name, num_classes=num_classes, dim=dim, **model_options)
     check_variables(variables, abstract_variables(module), source="variables")
     has_encoder = model_name in FERATT_VARIANTS or model_name in PAPER_ERA_MODELS

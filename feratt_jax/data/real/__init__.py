@@ -26,5 +26,7 @@ from __future__ import annotations
 
 # Dataset names accepted by ``--dataset`` and ``data.source``.
 DATASETS = ("ckplus", "jaffe", "bu3dfe", "fer2013", "ferplus", "affectnet", "rafdb")
+# Output formats of ``feratt data prepare --format`` (auto: npz or shards by dataset size).
+FORMAT_CHOICES = ("auto", "npz", "shards", "array_record", "npz_shards")
 # Classes of each dataset (7: no contempt); labels are 0..C-1 of the unified order.
 NUM_CLASSES = {"ckplus": 8, "jaffe": 7, "bu3dfe": 7, "fer2013": 7, "ferplus": 8, "affectnet": 8, "rafdb": 7}

@@ -9,12 +9,11 @@ manifest is written last.
 Usage::
 
     feratt data prepare --dataset ckplus --raw-dir ~/data/CK+ --out ~/data/prepared/ckplus
-    python -m feratt_jax.data.real.prepare --dataset jaffe --raw-dir ~/data/jaffe
+    python -m feratt_jax data prepare --dataset jaffe --raw-dir ~/data/jaffe
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import hashlib
@@ -29,14 +28,13 @@ from typing import Any
 import numpy as np
 
 from feratt_jax import EXPRESSION_NAMES
-from feratt_jax.data.real import DATASETS, align, records
+from feratt_jax.data.real import DATASETS, FORMAT_CHOICES, align, records
 from feratt_jax.data.real.items import Listing, RawItem, read_csv_rows
 
 log = logging.getLogger(__name__)
 
 # Datasets written as shards (ArrayRecord, or sharded .npz without array_record).
 LARGE_DATASETS = frozenset({"fer2013", "ferplus", "affectnet"})
-FORMAT_CHOICES = ("auto", "npz", "shards", "array_record", "npz_shards")
 DEFAULT_CHUNK_SIZE = {"npz": 512, "array_record": 4096, "npz_shards": 4096}
 
 
@@ -476,64 +474,3 @@ def _read_skipped(out: pathlib.Path) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
-
-
-def add_prepare_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``feratt data prepare``."""
-    p.add_argument("--dataset", required=True, choices=DATASETS, help="which native layout --raw-dir holds")
-    p.add_argument("--raw-dir", required=True, help="the dataset as downloaded from its provider")
-    p.add_argument(
-        "--out",
-        default=None,
-        help="prepared folder (default: $FERATT_DATA_DIR/DATASET or ~/.cache/feratt_jax/datasets/DATASET, "
-        "which is where --config.data.source=DATASET looks)",
-    )
-    p.add_argument(
-        "--format",
-        default="auto",
-        choices=FORMAT_CHOICES,
-        help="auto: one .npz for CK+/JAFFE/BU-3DFE/RAF-DB, ArrayRecord shards for FER2013/FER+/AffectNet",
-    )
-    p.add_argument("--chunk-size", type=int, default=0, help="faces per shard / resume chunk (0: 512 npz, 4096 shards)")
-    p.add_argument("--workers", type=int, default=1, help="processes converting chunks in parallel (default 1)")
-    p.add_argument("--landmarks-csv", default=None, help="CSV path,x0,y0,...,x67,y67 of 68-point landmarks per image")
-    p.add_argument("--frames-per-sequence", type=int, default=3, help="CK+: peak frames per sequence (default 3)")
-    p.add_argument("--min-intensity", type=int, default=1, help="BU-3DFE: lowest expression intensity kept, 1-4")
-    p.add_argument("--overwrite", action="store_true", help="replace a different (or finished) conversion in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run_prepare(args: argparse.Namespace) -> int:
-    """Handler of ``feratt data prepare``: prints the report; errors are one line on stderr, exit 2."""
-    import sys
-
-    try:
-        report = prepare_dataset(
-            args.dataset,
-            args.raw_dir,
-            args.out,
-            format=args.format,
-            chunk_size=args.chunk_size,
-            workers=args.workers,
-            landmarks_csv=args.landmarks_csv,
-            frames_per_sequence=args.frames_per_sequence,
-            min_intensity=args.min_intensity,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-        )
-    except (FileNotFoundError, ValueError, ImportError) as err:
-        print(f"feratt data prepare: error: {err}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m feratt_jax.data.real.prepare --dataset ... --raw-dir ...``."""
-    parser = argparse.ArgumentParser(prog="feratt data prepare", description=__doc__.split("\n\n")[0])
-    add_prepare_arguments(parser)
-    return run_prepare(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
