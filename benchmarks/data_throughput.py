@@ -50,7 +50,8 @@ def main() -> None:
 
     from feratt_jax.data import facebank, synthfaces
     from feratt_jax.data.backgrounds import BackgroundPool
-    from feratt_jax.data.pipeline import TrainBatchMaker, keys_from_seeds
+    from feratt_jax.data.device import keys_from_seeds
+    from feratt_jax.data.sampling import TrainBatchMaker
     from feratt_jax.data.render import TRAIN_PRESET, render_batch
 
     res: dict = {

@@ -31,7 +31,7 @@ import numpy as np
 def _render(bank, rows, pool, seed, config, chunk=250):
     import jax
 
-    from feratt_jax.data.pipeline import keys_from_seeds
+    from feratt_jax.data.device import keys_from_seeds
     from feratt_jax.data.render import render_batch
 
     rng = np.random.default_rng(seed)

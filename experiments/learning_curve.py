@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from feratt_jax import factory, step
     from feratt_jax.configs import load_config
-    from feratt_jax.data.pipeline import render_train_batch
+    from feratt_jax.data.device import render_train_batch
     from feratt_jax.models import build_model
     from feratt_jax.optimizers import torch_adam
 

@@ -21,7 +21,7 @@ import ml_collections
 import optax
 
 from feratt_jax import configs, optimizers, sharding, step
-from feratt_jax.data import pipeline
+from feratt_jax.data import device, pipeline
 from feratt_jax.models import FERATT_VARIANTS, PAPER_ERA_MODELS, build_model
 from feratt_jax.models.summary import DEFAULT_IMAGE_SIZE
 
@@ -199,7 +199,7 @@ def make_render(data: pipeline.Datasets) -> Callable[[Mapping[str, Any]], dict[s
     iterator, so the composite of a given step is reproducible on resume.
     """
     render_config = data.render_config
-    return lambda batch: pipeline.render_train_batch(batch, render_config)
+    return lambda batch: device.render_train_batch(batch, render_config)
 
 
 # ==========================================================================

@@ -6,7 +6,7 @@ embeddings, reporting accuracy, NMI, macro P/R and the paper's F1. Here:
 
 * the *training* side is a fixed, seeded, class-balanced sample of training
   faces rendered exactly like the val/test sets
-  (:func:`feratt_jax.data.pipeline.render_eval_set` on the train records, with
+  (:func:`feratt_jax.data.device.render_eval_set` on the train records, with
   its own stream tag), so the two sides differ only in their subjects;
 * the *evaluation* side is the run's fixed val or test set;
 * the representation is the model's ``embedding`` output (the GMM/"Rep"
@@ -196,7 +196,7 @@ def render_train_sample(datasets: Any, size: int) -> dict[str, np.ndarray]:
     # The same pool make_datasets built (same config, same seed), so the
     # training sample sees the same backgrounds as the held-out sets.
     pool = pipeline.build_background_pool(cfg, seed=cfg.face_seed)
-    return pipeline.render_eval_set(
+    return device.render_eval_set(
         datasets.bank, idx["train"], pool, size, seed=cfg.eval_seed, tag=TRAIN_SAMPLE_TAG, config=datasets.eval_render_config
     )
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from feratt_jax import factory, precise_bn, runs, sharding, validation, workdir_lock
 from feratt_jax.checkpointing import Checkpointer
-from feratt_jax.data import pipeline
+from feratt_jax.data import pipeline, sampling
 from feratt_jax.metric_writer import MetricWriter
 from feratt_jax.step import TrainState, as_rgb, evaluate_split
 
@@ -278,7 +278,7 @@ def make_bn_recalibration(model: Any, config: ml_collections.ConfigDict, data: p
     """``recalibrate(state) -> batch_stats`` re-estimated over fixed training batches, or None.
 
     None when ``train.precise_bn_batches`` is 0. The batches come from the
-    training subjects through :data:`pipeline.PRECISE_BN_STREAM` (none taken
+    training subjects through :data:`feratt_jax.data.sampling.PRECISE_BN_STREAM` (none taken
     from the training stream) and are rendered as the train step renders
     them, once.
     """
@@ -294,7 +294,7 @@ def make_bn_recalibration(model: Any, config: ml_collections.ConfigDict, data: p
     render = factory.make_render(data)
     render_images = jax.jit(lambda batch: render(batch)["image"])
     images = [
-        render_images(sharding.host_to_global(data.train_batches(i, stream=pipeline.PRECISE_BN_STREAM), mesh)) for i in range(num_batches)
+        render_images(sharding.host_to_global(data.train_batches(i, stream=sampling.PRECISE_BN_STREAM), mesh)) for i in range(num_batches)
     ]
     statistics = precise_bn.make_batch_statistics_fn(model, factory.model_input_fn(config))
     repl = sharding.replicated(mesh)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping
 import ml_collections
 
 from feratt_jax import configs
-from feratt_jax.data import pipeline
+from feratt_jax.data import pipeline, sampling
 from feratt_jax.data.render import PRESETS
 from feratt_jax.data.splits import num_folds_for
 from feratt_jax.losses import PAPER_ERA_VARIANTS, VARIANT_TERMS
@@ -33,7 +33,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "optimizer.schedule": ("constant", "cosine", "step"),
     "data.mode": pipeline.MODES,
     "data.split": pipeline.SPLITS,
-    "data.loader": pipeline.LOADERS,
+    "data.loader": sampling.LOADERS,
     "data.render_preset": tuple(PRESETS),
     "data.eval_render_preset": tuple(PRESETS),
 }

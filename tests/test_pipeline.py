@@ -13,15 +13,9 @@ import pytest
 
 from feratt_jax.data import pipeline
 from feratt_jax.data.backgrounds import BackgroundPool, list_image_files
-from feratt_jax.data.pipeline import (
-    DataConfig,
-    NumpyTrainIterator,
-    TrainBatchMaker,
-    eval_batches,
-    make_datasets,
-    make_train_iterator,
-    render_train_batch,
-)
+from feratt_jax.data.device import render_train_batch
+from feratt_jax.data.pipeline import DataConfig, make_datasets
+from feratt_jax.data.sampling import NumpyTrainIterator, TrainBatchMaker, eval_batches, make_train_iterator
 from feratt_jax.data.splits import kfold_subject_split, split_record_indices
 
 B = 16

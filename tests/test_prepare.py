@@ -327,7 +327,7 @@ def test_fer2013_shards_labels_partitions_and_skips(tmp_path, fer_rows):
     source = records.PreparedRecords(tmp_path / "out")
     assert len(source) == 4 and int(source[3]["label"]) == 6 and source[3]["image"].shape == (128, 128)
     # The official split of the pipeline.
-    from feratt_jax.data.pipeline import official_split
+    from feratt_jax.data.real.bank import official_split
 
     split = official_split(bank)
     assert len(split.train) == 2 and len(split.val) == 1 and len(split.test) == 1
@@ -531,7 +531,8 @@ def test_pipeline_reads_prepared_ckplus_in_real_mode(ckplus_prepared):
 
 
 def test_prepared_source_errors(tmp_path, monkeypatch):
-    from feratt_jax.data.pipeline import DataConfig, official_split
+    from feratt_jax.data.pipeline import DataConfig
+    from feratt_jax.data.real.bank import official_split
 
     with pytest.raises(ValueError, match="mode must be one of"):
         DataConfig(mode="photographic")

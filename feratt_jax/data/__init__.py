@@ -7,7 +7,10 @@ Modules:
 * :mod:`~feratt_jax.data.backgrounds`: scikit-image photos, user folders, procedural clutter;
 * :mod:`~feratt_jax.data.render`: ``render_batch``, the jitted compositing renderer;
 * :mod:`~feratt_jax.data.splits`: subject-independent k-fold splits;
-* :mod:`~feratt_jax.data.pipeline`: ``DataConfig``, ``make_datasets`` and the iterators;
+* :mod:`~feratt_jax.data.sampling`: host batches of ingredients (class-balanced, checkpointable iterators);
+* :mod:`~feratt_jax.data.device`: rendering train batches and the fixed evaluation sets on the device;
+* :mod:`~feratt_jax.data.real`: real-dataset converters and :mod:`~feratt_jax.data.real.bank` (loading them);
+* :mod:`~feratt_jax.data.pipeline`: ``DataConfig`` and ``make_datasets``, which assemble the above;
 * :mod:`~feratt_jax.data.preview`: the ``feratt data preview`` PNG.
 
 The common names are re-exported lazily, so ``import feratt_jax.data`` stays
@@ -23,9 +26,9 @@ _EXPORTS = {
     "DataConfig": "pipeline",
     "Datasets": "pipeline",
     "make_datasets": "pipeline",
-    "eval_batches": "pipeline",
-    "render_train_batch": "pipeline",
-    "keys_from_seeds": "pipeline",
+    "eval_batches": "sampling",
+    "render_train_batch": "device",
+    "keys_from_seeds": "device",
     "RenderConfig": "render",
     "render_batch": "render",
     "render_preset": "render",

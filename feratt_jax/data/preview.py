@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from feratt_jax.data import synthfaces
-from feratt_jax.data.pipeline import DataConfig, build_background_pool, keys_from_seeds
+from feratt_jax.data.device import keys_from_seeds
+from feratt_jax.data.pipeline import DataConfig, build_background_pool
 
 
 def _as_data_config(config: Any) -> DataConfig:
