@@ -1,4 +1,4 @@
-"""FERAtt training losses (reference.md section 2), as pure, jit-safe functions of arrays.
+"""FERAtt training losses (docs/reference.md section 2), as pure, jit-safe functions of arrays.
 
 Terms (each returned separately by `feratt_losses`):
 
@@ -14,7 +14,7 @@ Terms (each returned separately by `feratt_losses`):
 * `masked_reconstruction_mse`: the paper-era (commit 53fd5e4) reconstruction term,
   ``2 * min(mean((x_org * mask - att)^2), 30)``; that code's STN term is `stn_loss` with scale 1.
 
-`feratt_losses` composes them per trainer variant (reference.md 2.2). Layout: images are NHWC;
+`feratt_losses` composes them per trainer variant (docs/reference.md 2.2). Layout: images are NHWC;
 every loss here is a mean over all elements, so the layout does not change the values.
 
 No function loops in Python over data; the only Python branching is on static options.
@@ -54,7 +54,7 @@ MixupLabelMode = Literal["soft", "reference"]
 # DGMMLoss (eps = 1e-15); it only matters for rows far from every class mean.
 _DGMM_EPS = 1e-15
 
-# Which loss terms each trainer variant adds up (reference.md 2.2). "classifier" is the
+# Which loss terms each trainer variant adds up (docs/reference.md 2.2). "classifier" is the
 # PreActResNet18-style baseline: cross-entropy only.
 VARIANT_TERMS: dict[str, tuple[str, ...]] = {
     "classifier": ("cross_entropy",),
@@ -76,13 +76,13 @@ VARIANT_TERMS: dict[str, tuple[str, ...]] = {
 PAPER_ERA_VARIANTS = ("attention_gmm_stn_2019",)
 
 # Weight of ||z||_2 in the reference trainers: AttentionGMMNeuralNet adds `0.0 * z.norm(2)`
-# (a no-op), AttentionGMMSTNNeuralNet adds `1e-4 * z.norm(2)` (reference.md 2.2, defect 9).
+# (a no-op), AttentionGMMSTNNeuralNet adds `1e-4 * z.norm(2)` (docs/reference.md 2.2, defect 9).
 REFERENCE_EMBEDDING_NORM_WEIGHT: dict[str, float] = {
     "attention_gmm": 0.0,
     "attention_gmm_stn": 1e-4,
 }
 
-# Whether the reference trainer back-propagates `loss * B` instead of `loss` (reference.md 2.2,
+# Whether the reference trainer back-propagates `loss * B` instead of `loss` (docs/reference.md 2.2,
 # defect 9). HEAD has no trainer for the plain classifier; it is listed as unscaled.
 REFERENCE_SCALES_BY_BATCH_SIZE: dict[str, bool] = {
     "classifier": False,
@@ -411,7 +411,7 @@ def gaussian_space_loss(
 
 
 # ----------------------------------------------------------------------------------------------
-# Per-variant composition (reference.md 2.2)
+# Per-variant composition (docs/reference.md 2.2)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -480,7 +480,7 @@ def feratt_losses(
 ) -> dict[str, jax.Array]:
     """All loss terms of one trainer variant, each separately, plus their weighted total.
 
-    Variants (reference.md 2.2):
+    Variants (docs/reference.md 2.2):
 
     ========================  ======================================================
     ``"classifier"``          CE

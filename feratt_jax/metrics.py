@@ -1,4 +1,4 @@
-"""Classification and embedding metrics (reference.md section 3).
+"""Classification and embedding metrics (docs/reference.md section 3).
 
 Two groups:
 

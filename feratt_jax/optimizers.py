@@ -15,7 +15,7 @@ steps. ``optax.adam`` (no AMSGrad) does match PyTorch's Adam up to rounding;
 :func:`torch_adam` covers both. ``eps`` is added outside the square root,
 as in both libraries. The reference trains with
 ``Adam(lr=1e-4, amsgrad=True)``, betas (0.9, 0.999), eps 1e-8, no weight
-decay (reference.md 4.1).
+decay (docs/reference.md 4.1).
 """
 
 from __future__ import annotations

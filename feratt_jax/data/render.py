@@ -1,6 +1,6 @@
 """On-device compositing renderer: the reference's synthetic-sample steps as one jitted function.
 
-The reference (reference.md 5.3-5.4) renders each training sample on the host
+The reference (docs/reference.md 5.3-5.4) renders each training sample on the host
 with OpenCV: pad the dark face to 148 px, random scale, flip, rotation,
 translation and warp (each its own ``warpAffine``), Lab illumination matching,
 mask clean-up, composite onto a background window, grey, resize 148 -> 48 ->
@@ -20,9 +20,9 @@ Geometry (all in the normalised coordinates of ``affine_grid`` with
   ``affine_grid`` / ``grid_sample`` need; ``x_org = grid_sample(U,
   affine_grid(theta))``. So warping the un-transformed face with the returned
   theta through the STN sampler reproduces ``x_org`` exactly (this fixes the
-  reference's forward-vs-inverse defect, reference.md 7 item 12).
+  reference's forward-vs-inverse defect, docs/reference.md 7 item 12).
 
-Other fixes of reference.md 7 item 13: contrast normalisation divides by the
+Other fixes of docs/reference.md 7 item 13: contrast normalisation divides by the
 range (not the max) and never wraps; the background window is sampled inside
 the crop (never stretched past its edge); the face is segmented by its mask,
 not by ``pixel < 1``; masks are soft and warped bilinearly, then thresholded,
@@ -187,7 +187,7 @@ class RenderConfig:
         return self.face_size + 2 * self.pad
 
 
-# The reference's eval.py renders with harsher geometry (reference.md 5.5).
+# The reference's eval.py renders with harsher geometry (docs/reference.md 5.5).
 PRESETS: dict[str, dict[str, Any]] = {
     "train": {},
     "eval": {"angle": 45.0, "translation": 0.3, "warp": 0.2},

@@ -1,4 +1,4 @@
-"""Subject-independent k-fold splits (reference.md 4.3, fixed).
+"""Subject-independent k-fold splits (docs/reference.md 4.3, fixed).
 
 The reference selects, for fold k, the subjects at sorted-unique positions
 ``k * n .. k * n + n - 1`` (``n`` = actors per fold) and uses them for

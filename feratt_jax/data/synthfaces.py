@@ -7,7 +7,7 @@ expression is a vector of FACS action-unit (AU) intensities sampled from an
 EMFACS-style prototype per class (data.md 4.3), times a random gain, plus
 nuisance noise on every AU.
 
-The output matches the reference's "dark" datasets (reference.md 5.2), which
+The output matches the reference's "dark" datasets (docs/reference.md 5.2), which
 is what the FERAtt compositing renderer consumes:
 
 * ``image``: (128, 128) uint8 grey face on black, ``uint8(clip((v + 0.2) * mask))``

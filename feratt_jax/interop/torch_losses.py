@@ -1,4 +1,4 @@
-"""The reference's training losses in PyTorch (reference.md 2.1), for parity checks.
+"""The reference's training losses in PyTorch (docs/reference.md 2.1), for parity checks.
 
 Written from the spec's definitions, in the reference's own arithmetic where
 it differs from ours (e.g. ``(exp(6d) - 1) / (exp(6d) + 1)`` rather than

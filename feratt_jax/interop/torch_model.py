@@ -1,6 +1,6 @@
 """PyTorch implementation of the FERAtt family with the reference's state_dict keys.
 
-Written from reference.md (sections 1.1-1.5), not copied from the reference
+Written from docs/reference.md (sections 1.1-1.5), not copied from the reference
 code. It exists so that parity tests and ``experiments/compare_torch.py`` have
 a PyTorch model to compare the Flax models against, and so that exported
 checkpoints can be checked by loading them into a real ``nn.Module``.
@@ -54,7 +54,7 @@ _NORM_STD = (0.2023, 0.1994, 0.2010)
 
 
 def normalize_layer(x_BCHW: torch.Tensor) -> torch.Tensor:
-    """Per-channel ``y = x * (s / 0.5) + (m - 0.5) / 0.5`` (reference.md 1.1 step 5)."""
+    """Per-channel ``y = x * (s / 0.5) + (m - 0.5) / 0.5`` (docs/reference.md 1.1 step 5)."""
     scale = torch.tensor([s / 0.5 for s in _NORM_STD], dtype=x_BCHW.dtype, device=x_BCHW.device)
     shift = torch.tensor([(m - 0.5) / 0.5 for m in _NORM_MEAN], dtype=x_BCHW.dtype, device=x_BCHW.device)
     return x_BCHW * scale.view(1, 3, 1, 1) + shift.view(1, 3, 1, 1)
@@ -397,7 +397,7 @@ class ResidualBlockSR(nn.Module):
 
 
 class FERAttention(nn.Module):
-    """The four FERAtt variants (reference.md 1.5), same options as the Flax module.
+    """The four FERAtt variants (docs/reference.md 1.5), same options as the Flax module.
 
     Args:
       num_classes: C.
@@ -471,7 +471,7 @@ class FERAttention(nn.Module):
 
 
 # --------------------------------------------------------------------------
-# The paper-era FERAtt (reference commit 53fd5e4, reference.md 8)
+# The paper-era FERAtt (reference commit 53fd5e4, docs/reference.md 8)
 # --------------------------------------------------------------------------
 
 
@@ -516,7 +516,7 @@ class DecoderBlockDeconv(nn.Module):
 
 
 class FERAttention2019(nn.Module):
-    """The paper-era FERAtt (arch ``atentionresnet34``), written from reference.md 8 and that commit's structure.
+    """The paper-era FERAtt (arch ``atentionresnet34``), written from docs/reference.md 8 and that commit's structure.
 
     Outputs as ferattentiongmmstn. The attention U-Net's parts are attributes
     of this module itself (``conv1``..``conv5``, ``center``, ``dec5``..``dec1``,

@@ -28,7 +28,7 @@ FERATT_VARIANTS = {
     "ferattentiongmmstn": (True, True),
 }
 BASELINES = {"preactresnet18": PreActResNet18, "resnet18": ResNet18, "cvgg13": CVGG13}
-# The paper-era FERAtt (reference commit 53fd5e4, reference.md 8): a model of
+# The paper-era FERAtt (reference commit 53fd5e4, docs/reference.md 8): a model of
 # its own, since its layout differs from HEAD's ferattentiongmmstn throughout.
 PAPER_ERA_MODELS = {"ferattention_2019": FERAttention2019}
 # Our name -> the arch name the reference's checkpoints record, where they differ.

@@ -1,6 +1,6 @@
 """The attention module: a ResNet-34-encoder U-Net producing C attention logits.
 
-Shapes for a 64x64 input (reference.md 1.2): the stem (7x7/2 conv, BN, ReLU,
+Shapes for a 64x64 input (docs/reference.md 1.2): the stem (7x7/2 conv, BN, ReLU,
 then the module's own 2x2 max pool instead of ResNet's 3x3/2) gives 16x16;
 ResNet-34's four stages give 16, 8, 4, 2; a 2x2 max pool gives 1x1; six
 decoder blocks (bilinear x2, ConvRelu, ConvRelu) climb back to 64x64, each
@@ -120,7 +120,7 @@ class AttentionResNet(nn.Module):
 
 
 # --------------------------------------------------------------------------
-# The paper-era U-Net (reference commit 53fd5e4, reference.md 8)
+# The paper-era U-Net (reference commit 53fd5e4, docs/reference.md 8)
 # --------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ ferattentionstn        no            yes     + theta, warped
 ferattentiongmmstn     yes           yes     + embedding, theta, warped
 =====================  ============  ======  =====================================
 
-Forward (reference.md 1.1): g_att = AttentionResNet(x); g_ft = feature
+Forward (docs/reference.md 1.1): g_att = AttentionResNet(x); g_ft = feature
 branch(x); attmap = sigmoid(g_att) * g_ft; reconstruction ("I_att") =
 ReLU(BN(conv1x1(ConvRelu(cat[attmap, x, g_att])))); the backbone classifies
 normalize_layer(reconstruction), after the STN warp in the STN variants.
@@ -193,7 +193,7 @@ PAPER_ERA_THRESHOLD = 0.02
 
 
 class FERAttention2019(nn.Module):
-    """The paper-era FERAtt (reference commit 53fd5e4, arch ``atentionresnet34``; reference.md 8).
+    """The paper-era FERAtt (reference commit 53fd5e4, arch ``atentionresnet34``; docs/reference.md 8).
 
     The code that produced the paper's tables. It has the structure of
     ferattentiongmmstn (embedding, STN, the same output names) but:

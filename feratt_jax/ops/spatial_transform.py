@@ -1,6 +1,6 @@
 """PyTorch-compatible spatial-transformer sampling (`F.affine_grid` / `F.grid_sample`) in JAX.
 
-The reference (reference.md 1.4, 2.1 STNloss) calls `F.affine_grid(theta, size)` and
+The reference (docs/reference.md 1.4, 2.1 STNloss) calls `F.affine_grid(theta, size)` and
 `F.grid_sample(x, grid)` without `align_corners`, so under PyTorch >= 1.3 it runs with
 `align_corners=False`, bilinear interpolation and `padding_mode='zeros'`. JAX has no built-in
 for either call; this module reproduces exactly those semantics, in NHWC layout:

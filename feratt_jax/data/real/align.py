@@ -1,4 +1,4 @@
-"""Face alignment into the 128x128 grey "dark" face (reference.md 5.2, fixed).
+"""Face alignment into the 128x128 grey "dark" face (docs/reference.md 5.2, fixed).
 
 With 68 iBUG landmarks (:func:`align_with_landmarks`), as the reference does:
 
@@ -6,7 +6,7 @@ With 68 iBUG landmarks (:func:`align_with_landmarks`), as the reference does:
    corners (points 39 and 42) is level;
 2. crop to the rotated landmarks' bounding box, enlarged on every side by
    ``margin`` x the inner-eye-corner distance, and clamped to the image (the
-   reference clamps x with the height and y with the width: reference.md 7
+   reference clamps x with the height and y with the width: docs/reference.md 7
    item 14; here x is clamped to the width and y to the height);
 3. pad the crop to a square (centred) and resize it to 128x128;
 4. mask = the filled convex hull of the landmarks, soft at its edge (the
@@ -133,7 +133,7 @@ def _apply(m_33: np.ndarray, pts_N2: np.ndarray) -> np.ndarray:
 def clamp_box(x0: float, y0: float, x1: float, y1: float, width: int, height: int) -> tuple[float, float, float, float]:
     """Clamps a box to the image: x to the width, y to the height.
 
-    This is the fix of reference.md 7 item 14: the reference clamped x with
+    This is the fix of docs/reference.md 7 item 14: the reference clamped x with
     the image height and y with its width, which cuts faces in non-square
     images (CK+ is 640x490) or lets the crop leave the frame. Bounds are the
     outer pixel edges, ``[-0.5, width - 0.5]`` and ``[-0.5, height - 0.5]``.
