@@ -50,7 +50,7 @@ from feratt_jax.models.feratt import backbone_input, make_backbone
 from feratt_jax.models.layers import normalize_layer
 from feratt_jax.plots import attention_map
 from feratt_jax.runs import LoadedRun
-from feratt_jax.step import TrainState, predict_dataset
+from feratt_jax.step import TrainState, as_rgb, predict_dataset
 from feratt_jax.train import make_bn_recalibration
 
 METHODS = ("preactresnet18", "ferattention", "ferattentiongmm", "preactresnet18_narrow")
@@ -72,16 +72,13 @@ PARTS = {
 TRUNK_PARTS = ("attention", "features", "reconstruction")
 
 
-
 def _rgb(x_BHWC: np.ndarray | jax.Array) -> jax.Array:
-    x = jnp.asarray(x_BHWC, jnp.float32)
-    return jnp.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+    return as_rgb(jnp.asarray(x_BHWC, jnp.float32))
 
 
 # ---------------------------------------------------------------------------
 # Probes: BatchNorm statistics (re-estimation itself lives in feratt_jax.precise_bn)
 # ---------------------------------------------------------------------------
-
 
 
 def make_train_mode_logits_fn(model: Any, config: ml_collections.ConfigDict) -> Callable:
@@ -92,7 +89,7 @@ def make_train_mode_logits_fn(model: Any, config: ml_collections.ConfigDict) -> 
     def fn(params, batch_stats, image_BHWC):
         outputs, _ = model.apply(
             {"params": params, "batch_stats": batch_stats},
-            prepare(_rgb(image_BHWC)),
+            prepare(jnp.asarray(image_BHWC, jnp.float32)),  # prepare makes it RGB
             train=True,
             mutable=["batch_stats"],
             rngs={"dropout": jax.random.key(0)},
@@ -105,7 +102,6 @@ def make_train_mode_logits_fn(model: Any, config: ml_collections.ConfigDict) -> 
 # ---------------------------------------------------------------------------
 # Attention and reconstruction
 # ---------------------------------------------------------------------------
-
 
 
 def attention_on_face(attention_BHWC: np.ndarray, mask_BHW1: np.ndarray) -> dict[str, float]:
@@ -146,7 +142,6 @@ def attention_on_face(attention_BHWC: np.ndarray, mask_BHW1: np.ndarray) -> dict
     }
 
 
-
 def per_row_auc(scores_BN: np.ndarray, positive_BN: np.ndarray) -> np.ndarray:
     """The pixel AUC (P(score of a random positive > score of a random negative), ties
     counting half: the Mann-Whitney U over ranks) of every row at once; each row must
@@ -161,7 +156,6 @@ def per_row_auc(scores_BN: np.ndarray, positive_BN: np.ndarray) -> np.ndarray:
     n_pos = positive_BN.sum(axis=1)
     n_neg = positive_BN.shape[1] - n_pos
     return ((ranks * positive_BN).sum(axis=1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
-
 
 
 def reconstruction_errors(
@@ -195,7 +189,6 @@ def reconstruction_errors(
     }
 
 
-
 def make_classifier_fn(model_config: ml_collections.ConfigDict) -> Callable:
     """``fn(params, batch_stats, image_BHWC) -> logits`` of a trained FERAtt's classification head.
 
@@ -226,7 +219,6 @@ def make_classifier_fn(model_config: ml_collections.ConfigDict) -> Callable:
 # ---------------------------------------------------------------------------
 
 
-
 def _part_norms(grads: Mapping[str, Any]) -> dict[str, float]:
     norms = {}
     for part, names in PARTS.items():
@@ -235,11 +227,9 @@ def _part_norms(grads: Mapping[str, Any]) -> dict[str, float]:
     return norms
 
 
-
 def _trunk_vector(grads: Mapping[str, Any]) -> jax.Array:
     names = [name for part in TRUNK_PARTS for name in PARTS[part] if name in grads]
     return jnp.concatenate([jnp.ravel(leaf) for name in names for leaf in jax.tree.leaves(grads[name])])
-
 
 
 def make_loss_term_gradients_fn(model: Any, config: ml_collections.ConfigDict) -> Callable:
@@ -261,7 +251,7 @@ def make_loss_term_gradients_fn(model: Any, config: ml_collections.ConfigDict) -
     @jax.jit
     def gradients(params, batch_stats, rendered, rng):
         batch = dict(rendered, x_org=_rgb(rendered["x_org"]))
-        x = prepare(_rgb(rendered["image"]))
+        x = prepare(rendered["image"])
 
         def term_values(p):
             outputs, _ = model.apply(

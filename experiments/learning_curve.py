@@ -86,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(args.model, num_classes=num_classes, **ast.literal_eval(args.model_options))
 
     def prepare(image_BHWC):
-        x = jnp.repeat(image_BHWC, 3, -1) if image_BHWC.shape[-1] == 1 else image_BHWC
-        x = step.model_input(x, args.input_size, args.standardize)
+        x = step.model_input(image_BHWC, args.input_size, args.standardize)  # RGB, resized, standardized
         # The small CNN's yardstick input: centred grey, as it was designed.
         return x - 0.5 if args.model == "small_cnn" and not args.standardize else x
 
