@@ -51,6 +51,7 @@ import optax
 
 from feratt_jax import losses as losses_lib
 from feratt_jax import optimizers, step
+from feratt_jax.data.render import RenderConfig, render_batch
 from feratt_jax.models import FERATT_VARIANTS, LOSS_VARIANT, MODEL_NAMES, build_model
 from feratt_jax.models.summary import DEFAULT_IMAGE_SIZE
 
@@ -489,8 +490,6 @@ class RendererRunner:
     """The trainer's render call (per-sample keys from seeds, then ``render_batch``) as one jitted function."""
 
     def __init__(self, batch_size: int, image_size: int = 64, seed: int = 0):
-        from feratt_jax.data.render import RenderConfig, render_batch
-
         self.batch_size, self.image_size = batch_size, image_size
         config = RenderConfig(image_size=image_size)
         self.device = jax.devices()[0]

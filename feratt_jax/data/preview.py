@@ -17,6 +17,7 @@ import numpy as np
 from feratt_jax.data import synthfaces
 from feratt_jax.data.device import keys_from_seeds
 from feratt_jax.data.pipeline import DataConfig, build_background_pool
+from feratt_jax.data.render import render_batch
 
 
 def _as_data_config(config: Any) -> DataConfig:
@@ -63,8 +64,6 @@ def write_preview(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from feratt_jax.data.render import render_batch
 
     cfg = _as_data_config(config)
     if num_subjects < 1:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from feratt_jax.data.real.align import to_grey
 from feratt_jax.data.real.records import PARTITION_NONE
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm")
@@ -66,8 +67,6 @@ class RawItem:
         Raises:
           ValueError: unreadable or corrupt image, or malformed pixel values.
         """
-        from feratt_jax.data.real.align import to_grey
-
         if self.pixels is not None:
             h, w = self.pixels_shape
             try:

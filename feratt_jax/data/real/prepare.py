@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from feratt_jax import EXPRESSION_NAMES
-from feratt_jax.data.real import DATASETS, FORMAT_CHOICES, align, records
+from feratt_jax.data.real import DATASETS, FORMAT_CHOICES, affectnet, align, bu3dfe, ckplus, fer2013, jaffe, rafdb, records
 from feratt_jax.data.real.items import Listing, RawItem, read_csv_rows
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,6 @@ def list_dataset(
       ValueError: unknown dataset.
       FileNotFoundError: the raw folder (or a folder the layout needs) is missing.
     """
-    from feratt_jax.data.real import affectnet, bu3dfe, ckplus, fer2013, jaffe, rafdb
-
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; use one of {DATASETS}")
     if not raw_dir.is_dir():

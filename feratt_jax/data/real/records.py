@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from feratt_jax.data.real import DATASETS
 from feratt_jax.data.real.align import FACE_SIZE, METHOD_NAMES, NUM_LANDMARKS
 
 # Bump when RECORD_DTYPE or the folder layout changes.
@@ -286,8 +287,6 @@ def resolve_prepared_dir(source: str) -> pathlib.Path:
     Raises:
       FileNotFoundError: no complete conversion there (with the command that makes one).
     """
-    from feratt_jax.data.real import DATASETS
-
     path = default_data_dir() / source if source in DATASETS else pathlib.Path(source).expanduser()
     if not (path / MANIFEST_NAME).is_file():
         name = source if source in DATASETS else "NAME"
