@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from feratt_jax import metrics as metrics_lib
-from feratt_jax.data import pipeline
+from feratt_jax.data import device, pipeline
 from feratt_jax.data.splits import split_record_indices
 from feratt_jax.factory import make_inputs
 from feratt_jax.runs import LoadedRun, write_json
