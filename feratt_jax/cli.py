@@ -57,7 +57,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a config in a workdir (resumes automatically); extra --config.a.b=value override fields",
     )
-    p.add_argument("--config", required=True, help="experiments/configs/NAME.py[:quick|tiny]")
+    p.add_argument("--config", required=True, help="a packaged config NAME[:SIZE] (e.g. ferattention:quick) or a FILE.py[:ARG] (experiments/configs/)")
     p.add_argument("--workdir", required=True)
     p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first (multi-host)")
     p.set_defaults(func=_run_train, accepts_overrides=True)

@@ -233,7 +233,7 @@ def add_kfold_subcommand(subparsers: argparse._SubParsersAction) -> argparse.Arg
         "kfold",
         help="train folds 0..K-1 of a config (resumable) and write a mean +- std table; extra --config.a.b=value override fields",
     )
-    p.add_argument("--config", required=True, help="experiments/configs/NAME.py[:quick|tiny]")
+    p.add_argument("--config", required=True, help="a packaged config NAME[:SIZE] (e.g. ferattention:quick) or a FILE.py[:ARG] (experiments/configs/)")
     p.add_argument("--folds", type=int, required=True, help="number of folds K (at most what the data config defines)")
     p.add_argument("--workdir", required=True, help="parent folder; fold k trains in WORKDIR/fold_k")
     p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first (multi-host)")
