@@ -64,7 +64,9 @@ class DataConfig:
       source: "synthetic" (the embedded generator), a real dataset's name
         (``ckplus``, ``bu3dfe``, ...: the folder of that name under
         ``$FERATT_DATA_DIR`` or ``~/.cache/feratt_jax/datasets``), or the path
-        of a folder written by ``feratt data prepare``. Its faces replace the
+        of a folder written by ``feratt data prepare``, or ``tfds:<dataset>``
+        (the TFDS builder ``feratt_<dataset>`` built in ``$TFDS_DATA_DIR``,
+        :mod:`feratt_jax.data.tfds_builders`). Its faces replace the
         synthetic face bank; records with a label >= num_classes are left out.
       mode: "synthetic" composites the faces onto clutter (the paper's
         "synthetic" rows); "real" uses the aligned face on black as is (the
@@ -140,8 +142,11 @@ class DataConfig:
 
         from feratt_jax.data.real import DATASETS
 
-        if self.source not in SOURCES + DATASETS and not _looks_like_path(self.source):
-            fail(f"source {self.source!r} is not supported; use one of {SOURCES + DATASETS} or a prepared folder")
+        tfds_name = self.source.removeprefix("tfds:") if self.source.startswith("tfds:") else None
+        if tfds_name is not None and tfds_name not in DATASETS:
+            fail(f"source {self.source!r}: tfds:<dataset> needs one of {DATASETS}")
+        if tfds_name is None and self.source not in SOURCES + DATASETS and not _looks_like_path(self.source):
+            fail(f"source {self.source!r} is not supported; use one of {SOURCES + DATASETS}, tfds:<dataset> or a prepared folder")
         if self.mode not in MODES:
             fail(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.split not in SPLITS:
@@ -675,11 +680,19 @@ def load_real_bank(source: str, num_classes: int) -> dict[str, np.ndarray]:
       FileNotFoundError: not prepared (the message gives the prepare command).
       ValueError: no record left.
     """
+    from feratt_jax.data.real import NUM_CLASSES
     from feratt_jax.data.real.records import load_prepared_bank, read_manifest, resolve_prepared_dir
 
-    folder = resolve_prepared_dir(source)
-    bank = load_prepared_bank(folder)
-    dataset_classes = int(read_manifest(folder).get("num_classes", synthfaces.NUM_CLASSES))
+    if source.startswith("tfds:"):
+        from feratt_jax.data.tfds_builders import load_tfds_bank
+
+        folder = source
+        bank = load_tfds_bank(source.removeprefix("tfds:"))
+        dataset_classes = NUM_CLASSES[source.removeprefix("tfds:")]
+    else:
+        folder = resolve_prepared_dir(source)
+        bank = load_prepared_bank(folder)
+        dataset_classes = int(read_manifest(folder).get("num_classes", synthfaces.NUM_CLASSES))
     keep = bank["label"] < num_classes
     if not keep.all():
         log.warning("%s: leaving out %d records with labels >= num_classes=%d", folder, int((~keep).sum()), num_classes)
