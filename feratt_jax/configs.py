@@ -66,7 +66,8 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.999
     c.optimizer.eps = 1e-8
-    c.optimizer.weight_decay = 0.0
+    c.optimizer.weight_decay = 0.0  # torch Adam's L2 term, added to the gradient before the moments
+    c.optimizer.decoupled_weight_decay = 0.0  # torch AdamW's decay, added after the Adam direction
     c.optimizer.schedule = "constant"  # or "cosine", or "step" (StepLR: see step_size, step_gamma)
     c.optimizer.step_size = 0  # schedule "step": multiply the rate by step_gamma every step_size steps
     c.optimizer.step_gamma = 0.1

@@ -15,7 +15,8 @@ steps. ``optax.adam`` (no AMSGrad) does match PyTorch's Adam up to rounding;
 :func:`torch_adam` covers both. ``eps`` is added outside the square root,
 as in both libraries. The reference trains with
 ``Adam(lr=1e-4, amsgrad=True)``, betas (0.9, 0.999), eps 1e-8, no weight
-decay (reference.md 4.1).
+decay (reference.md 4.1). Both of PyTorch's weight decays are here:
+Adam's L2 term and AdamW's decoupled decay (:func:`scale_by_torch_adam_with_decay`).
 """
 
 from __future__ import annotations
@@ -77,26 +78,58 @@ def scale_by_torch_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, a
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def scale_by_torch_adam_with_decay(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    amsgrad: bool = False,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
+    """The Adam direction with PyTorch's two kinds of weight decay (to be scaled by the learning rate).
+
+    Args:
+      b1, b2, eps, amsgrad: as :func:`scale_by_torch_adam`.
+      weight_decay: ``torch.optim.Adam(weight_decay=...)``: the L2 term
+        ``weight_decay * p`` is added to the gradient *before* the moments, so
+        Adam's normalisation rescales it like any gradient.
+      decoupled_weight_decay: ``torch.optim.AdamW(weight_decay=...)``:
+        ``decoupled_weight_decay * p`` is added *after* the Adam direction, so
+        the step shrinks every weight by ``lr * decoupled_weight_decay * p``
+        whatever its gradient history (Loshchilov & Hutter).
+    """
+    chain = []
+    if weight_decay:
+        chain.append(optax.add_decayed_weights(weight_decay))
+    chain.append(scale_by_torch_adam(b1, b2, eps, amsgrad))
+    if decoupled_weight_decay:
+        chain.append(optax.add_decayed_weights(decoupled_weight_decay))
+    return optax.chain(*chain)
+
+
 def torch_adam(
     learning_rate: float | optax.Schedule,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     amsgrad: bool = False,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: float = 0.0,
 ) -> optax.GradientTransformation:
-    """``torch.optim.Adam(params, lr, betas=(b1, b2), eps, amsgrad)`` without weight decay.
+    """``torch.optim.Adam(params, lr, betas=(b1, b2), eps, weight_decay, amsgrad)``, or AdamW's decay.
 
     Args:
       learning_rate: constant or optax schedule.
-      b1, b2, eps, amsgrad: as PyTorch.
+      b1, b2, eps, amsgrad, weight_decay: as PyTorch's Adam.
+      decoupled_weight_decay: AdamW's ``weight_decay`` (see :func:`scale_by_torch_adam_with_decay`).
 
     Returns:
       An optax GradientTransformation whose updates are to be *added* to the params.
     """
     return optax.chain(
-        scale_by_torch_adam(b1, b2, eps, amsgrad),
+        scale_by_torch_adam_with_decay(b1, b2, eps, amsgrad, weight_decay, decoupled_weight_decay),
         optax.scale_by_learning_rate(learning_rate),
     )
 
 
-__all__ = ["TorchAdamState", "scale_by_torch_adam", "torch_adam"]
+__all__ = ["TorchAdamState", "scale_by_torch_adam", "scale_by_torch_adam_with_decay", "torch_adam"]

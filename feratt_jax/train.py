@@ -37,7 +37,7 @@ from feratt_jax.metric_writer import MetricWriter
 from feratt_jax.models import FERATT_VARIANTS, PAPER_ERA_MODELS, build_model
 from feratt_jax.models.layers import avg_pool, resize_bilinear
 from feratt_jax.models.summary import DEFAULT_IMAGE_SIZE
-from feratt_jax.optimizers import scale_by_torch_adam
+from feratt_jax.optimizers import scale_by_torch_adam_with_decay
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +155,8 @@ def make_optimizer(opt_config: ml_collections.ConfigDict, schedule: optax.Schedu
     chain = []
     if opt_config.grad_clip_norm:
         chain.append(optax.clip_by_global_norm(opt_config.grad_clip_norm))
-    chain.append(scale_by_torch_adam(b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps, amsgrad=opt_config.amsgrad))
-    if opt_config.weight_decay:
-        chain.append(optax.add_decayed_weights(opt_config.weight_decay))
+    chain.append(scale_by_torch_adam_with_decay(
+        opt_config.b1, opt_config.b2, opt_config.eps, opt_config.amsgrad, opt_config.weight_decay, opt_config.decoupled_weight_decay))
     chain.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*chain)
 
