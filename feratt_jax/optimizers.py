@@ -113,21 +113,18 @@ def torch_adam(
     b2: float = 0.999,
     eps: float = 1e-8,
     amsgrad: bool = False,
-    weight_decay: float = 0.0,
-    decoupled_weight_decay: float = 0.0,
 ) -> optax.GradientTransformation:
-    """``torch.optim.Adam(params, lr, betas=(b1, b2), eps, weight_decay, amsgrad)``, or AdamW's decay.
+    """``torch.optim.Adam(params, lr, betas=(b1, b2), eps, amsgrad)`` without weight decay.
 
     Args:
       learning_rate: constant or optax schedule.
-      b1, b2, eps, amsgrad, weight_decay: as PyTorch's Adam.
-      decoupled_weight_decay: AdamW's ``weight_decay`` (see :func:`scale_by_torch_adam_with_decay`).
+      b1, b2, eps, amsgrad: as PyTorch.
 
     Returns:
       An optax GradientTransformation whose updates are to be *added* to the params.
     """
     return optax.chain(
-        scale_by_torch_adam_with_decay(b1, b2, eps, amsgrad, weight_decay, decoupled_weight_decay),
+        scale_by_torch_adam(b1, b2, eps, amsgrad),
         optax.scale_by_learning_rate(learning_rate),
     )
 
