@@ -2,7 +2,10 @@
 # GPU check for feratt-jax (issue 6): one script, at most 8 minutes, on an H100/H200
 # machine with JAX and PyTorch preinstalled and no network.
 #
-#   experiments/gpu_check.sh [--dry-run] [OUT_DIR]          (OUT_DIR defaults to $OUT)
+#   experiments/gpu_check.sh [--dry-run] [--install] [OUT_DIR]   (OUT_DIR defaults to $OUT)
+#
+# --install: first set up the environment the README's GPU line sets up (needs the network):
+#     pip install -e ".[cuda12]" -c constraints.txt
 #
 # What it measures, in ONE process so that JAX and PyTorch are interleaved step by step:
 #   * JAX FERAtt train step (the trainer's arithmetic, donated state) and inference,
@@ -24,13 +27,15 @@
 # with pip --no-index.
 set -euo pipefail
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
 
 DRY=0
+INSTALL=0
 OUT_DIR=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --dry-run) DRY=1; shift ;;
+        --install) INSTALL=1; shift ;;
         -h|--help) usage; exit 0 ;;
         -*) echo "gpu_check.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
         *) OUT_DIR="$1"; shift ;;
@@ -57,6 +62,10 @@ LOG="$OUT_DIR/log.txt"
 say() { echo "[gpu_check $(( $(date +%s) - START_S ))s] $*" | tee -a "$LOG" >&2; }
 
 # ---------------------------------------------------------------- environment
+if [[ $INSTALL == 1 ]]; then
+    say "installing the README's GPU line: pip install -e \".[cuda12]\" -c constraints.txt"
+    "$PY" -m pip install -q -e ".[cuda12]" -c constraints.txt >> "$LOG" 2>&1
+fi
 WHEELS="${WHEELS:-$REPO/shared/wheels}"
 if ! "$PY" -c "import flax, optax" 2>/dev/null && [[ -d "$WHEELS" ]]; then
     say "flax/optax missing: installing from $WHEELS (no network)"

@@ -20,7 +20,7 @@ from typing import Sequence
 
 # Mirrors feratt_jax.models.MODEL_NAMES without importing JAX.
 _MODEL_HELP = "ferattention, ferattentiongmm, ferattentionstn, ferattentiongmmstn, ferattention_2019, preactresnet18, resnet18, cvgg13"
-_CONFIG_HELP = "experiments/configs/NAME.py[:quick|tiny]"
+_CONFIG_HELP = "a packaged config NAME[:SIZE] (e.g. ferattention:quick) or a FILE.py[:ARG] (experiments/configs/)"
 _DISTRIBUTED_HELP = "call jax.distributed.initialize() first (multi-host)"
 
 

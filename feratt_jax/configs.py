@@ -1,8 +1,9 @@
 """Default configuration shared by every experiment config.
 
-Each file in ``experiments/configs/`` is a few lines on top of
-:func:`base_config`: it picks the model and the loss variant and sizes the
-run (big_vision style: one trainer, variants are configs). Library code reads
+The named configs (:data:`NAMED_CONFIGS`, ``--config ferattention:quick``)
+are a few lines on top of :func:`base_config`: each picks the model and the
+loss variant and sizes the run (big_vision style: one trainer, variants are
+configs); ``experiments/configs/NAME.py`` documents and returns the same. Library code reads
 plain values from the ConfigDict; nothing below imports the trainer.
 """
 
@@ -66,7 +67,8 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.999
     c.optimizer.eps = 1e-8
-    c.optimizer.weight_decay = 0.0
+    c.optimizer.weight_decay = 0.0  # torch Adam's L2 term, added to the gradient before the moments
+    c.optimizer.decoupled_weight_decay = 0.0  # torch AdamW's decay, added after the Adam direction
     c.optimizer.schedule = "constant"  # or "cosine", or "step" (StepLR: see step_size, step_gamma)
     c.optimizer.step_size = 0  # schedule "step": multiply the rate by step_gamma every step_size steps
     c.optimizer.step_gamma = 0.1
@@ -269,21 +271,67 @@ def sized(c: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
     return SIZES[arg](c)
 
 
+def _model_config(model_name: str, input_size: int | None = None, narrow_baseline: bool = False):
+    def get(arg: str = "") -> ml_collections.ConfigDict:
+        c = base_config(model_name)
+        if input_size is not None:
+            c.model.input_size = input_size
+        c = sized(c, arg)
+        if narrow_baseline:
+            c.model.baseline_width = c.model.backbone_width  # FERAtt's classifier width at this size
+        return c
+
+    return get
+
+
+def _paper_table(dataset: str, mode: str):
+    return lambda arg="": paper_table_config(dataset, mode, arg)
+
+
+# The configs a user can name without a clone (``--config NAME[:ARG]``); each
+# experiments/configs/NAME.py is a documented file that returns the same.
+NAMED_CONFIGS = {
+    **{name: _model_config(name) for name in ("ferattention", "ferattentiongmm", "ferattentionstn", "ferattentiongmmstn", "ferattention_2019")},
+    "cvgg13": _model_config("cvgg13", input_size=0),
+    "preactresnet18": _model_config("preactresnet18", input_size=32),  # the paper's 32x32 baseline
+    "preactresnet18_narrow": _model_config("preactresnet18", input_size=32, narrow_baseline=True),
+    "resnet18": _model_config("resnet18", input_size=224),
+    **{f"{d}_{m}": _paper_table(d, m) for d in PAPER_DATASETS for m in ("synthetic", "real")},
+}
+
+
+def named_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
+    """The packaged config ``name`` (a key of :data:`NAMED_CONFIGS`) with its argument, e.g. ("ferattention", "quick")."""
+    if name not in NAMED_CONFIGS:
+        close = difflib.get_close_matches(name, list(NAMED_CONFIGS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown config name {name!r}{hint}; use one of {sorted(NAMED_CONFIGS)} or a FILE.py")
+    return NAMED_CONFIGS[name](arg)
+
+
 # --------------------------------------------------------------------------
-# Loading "FILE[:ARG]" and "--config.a.b=value" overrides
+# Loading "NAME[:ARG]" / "FILE[:ARG]" and "--config.a.b=value" overrides
 # --------------------------------------------------------------------------
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """Load ``experiments/configs/x.py[:arg]`` and apply ``--config.key=value`` overrides.
+    """Load a config and apply ``--config.key=value`` overrides.
+
+    ``spec`` is ``NAME[:ARG]`` (a packaged config, e.g. ``ferattention:quick``;
+    works after a plain ``pip install``) or ``FILE.py[:ARG]`` (a file with a
+    ``get_config(arg)``, e.g. ``experiments/configs/ferattention.py:quick``).
 
     Raises:
       FileNotFoundError: the config file does not exist.
-      ValueError: the file has no ``get_config``, or an override names an
-        unknown field or has a value of the wrong type.
+      ValueError: unknown config name, the file has no ``get_config``, or an
+        override names an unknown field or has a value of the wrong type.
     """
     path_str, _, arg = spec.partition(":")
     path = pathlib.Path(path_str)
+    if path.suffix != ".py" and len(path.parts) == 1 and not path.is_file():
+        config = named_config(path_str, arg)
+        apply_overrides(config, overrides)
+        return config
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     module_spec = importlib.util.spec_from_file_location(f"feratt_config_{path.stem}", path)

@@ -113,6 +113,7 @@ def make_optimizer(opt_config: ml_collections.ConfigDict, schedule: optax.Schedu
         amsgrad=opt_config.amsgrad,
         grad_clip_norm=opt_config.grad_clip_norm,
         weight_decay=opt_config.weight_decay,
+        decoupled_weight_decay=opt_config.decoupled_weight_decay,
     )
 
 

@@ -206,6 +206,4 @@ def _is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-# ==========================================================================
-# CLI
 __all__ = ["COLUMNS", "check_folds", "fold_config", "markdown_table", "run_kfold", "summarise", "supported_folds"]

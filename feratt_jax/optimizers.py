@@ -15,7 +15,8 @@ steps. ``optax.adam`` (no AMSGrad) does match PyTorch's Adam up to rounding;
 :func:`torch_adam` covers both. ``eps`` is added outside the square root,
 as in both libraries. The reference trains with
 ``Adam(lr=1e-4, amsgrad=True)``, betas (0.9, 0.999), eps 1e-8, no weight
-decay (docs/reference.md 4.1).
+decay (docs/reference.md 4.1). Both of PyTorch's weight decays are here:
+Adam's L2 term and AdamW's decoupled decay (:func:`scale_by_torch_adam_with_decay`).
 """
 
 from __future__ import annotations
@@ -75,6 +76,35 @@ def scale_by_torch_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, a
         return direction, TorchAdamState(count, mu, nu, nu_max)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_torch_adam_with_decay(
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    amsgrad: bool = False,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
+    """The Adam direction with PyTorch's two kinds of weight decay (to be scaled by the learning rate).
+
+    Args:
+      b1, b2, eps, amsgrad: as :func:`scale_by_torch_adam`.
+      weight_decay: ``torch.optim.Adam(weight_decay=...)``: the L2 term
+        ``weight_decay * p`` is added to the gradient *before* the moments, so
+        Adam's normalisation rescales it like any gradient.
+      decoupled_weight_decay: ``torch.optim.AdamW(weight_decay=...)``:
+        ``decoupled_weight_decay * p`` is added *after* the Adam direction, so
+        the step shrinks every weight by ``lr * decoupled_weight_decay * p``
+        whatever its gradient history (Loshchilov & Hutter).
+    """
+    chain = []
+    if weight_decay:
+        chain.append(optax.add_decayed_weights(weight_decay))
+    chain.append(scale_by_torch_adam(b1, b2, eps, amsgrad))
+    if decoupled_weight_decay:
+        chain.append(optax.add_decayed_weights(decoupled_weight_decay))
+    return optax.chain(*chain)
 
 
 def torch_adam(
@@ -143,22 +173,22 @@ def make_optimizer(
     amsgrad: bool = True,
     grad_clip_norm: float = 0.0,
     weight_decay: float = 0.0,
+    decoupled_weight_decay: float = 0.0,
 ) -> optax.GradientTransformation:
     """PyTorch's Adam (amsgrad by default, as the reference), optional decay and clipping.
 
-    The defaults are the reference's ``Adam(lr, amsgrad=True)``. Weight
-    decay is added to the Adam direction before the learning rate scales it.
+    The defaults are the reference's ``Adam(lr, amsgrad=True)``.
+    ``weight_decay`` is torch Adam's L2 term, ``decoupled_weight_decay``
+    AdamW's decay (:func:`scale_by_torch_adam_with_decay`).
     """
     if name != "adam":
         raise ValueError(f"optimizer.name {name!r} is not supported (adam)")
     chain = []
     if grad_clip_norm:
         chain.append(optax.clip_by_global_norm(grad_clip_norm))
-    chain.append(scale_by_torch_adam(b1=b1, b2=b2, eps=eps, amsgrad=amsgrad))
-    if weight_decay:
-        chain.append(optax.add_decayed_weights(weight_decay))
+    chain.append(scale_by_torch_adam_with_decay(b1, b2, eps, amsgrad, weight_decay, decoupled_weight_decay))
     chain.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*chain)
 
 
-__all__ = ["TorchAdamState", "learning_rate_schedule", "make_optimizer", "scale_by_torch_adam", "torch_adam"]
+__all__ = ["TorchAdamState", "learning_rate_schedule", "make_optimizer", "scale_by_torch_adam", "scale_by_torch_adam_with_decay", "torch_adam"]

@@ -1,9 +1,14 @@
-"""PNG figures for reports: confusion matrices, image grids, curves (matplotlib, Agg), and the attention map they show."""
+"""PNG figures for reports: confusion matrices, image grids, curves, and the attention map they show.
+
+Figures are ``matplotlib.figure.Figure`` objects drawn on their own
+``FigureCanvasAgg``: no pyplot, no global backend switch, so writing a PNG
+from a notebook leaves the user's inline plotting as it was.
+"""
 
 from __future__ import annotations
 
 import pathlib
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -15,22 +20,22 @@ def attention_map(attention_BHWC: np.ndarray) -> np.ndarray:
     return expit(np.asarray(attention_BHWC, np.float64)).mean(axis=-1)
 
 
-def _pyplot():
-    import matplotlib
+def new_figure(figsize: tuple[float, float], nrows: int = 1, ncols: int = 1, **subplots_kw: Any) -> tuple[Any, Any]:
+    """A ``Figure`` on its own Agg canvas and its axes (``Figure.subplots``; nrows=0: no axes)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, (fig.subplots(nrows, ncols, **subplots_kw) if nrows else None)
 
 
 def confusion_matrix_png(path: str | pathlib.Path, matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> None:
     """Row-normalised confusion matrix (rows = truth) with counts in each cell."""
-    plt = _pyplot()
     matrix = np.asarray(matrix, np.float64)
     rows = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(class_names), 0.8 + 0.6 * len(class_names)))
+    fig, ax = new_figure((1.0 + 0.7 * len(class_names), 0.8 + 0.6 * len(class_names)))
     im = ax.imshow(normalised, vmin=0, vmax=1, cmap="Blues")
     ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
     ax.set_yticks(range(len(class_names)), class_names)
@@ -43,15 +48,13 @@ def confusion_matrix_png(path: str | pathlib.Path, matrix: np.ndarray, class_nam
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def image_grid_png(path: str | pathlib.Path, columns: Mapping[str, np.ndarray], row_labels: Sequence[str] = ()) -> None:
     """One column per named image batch (N, H, W[, C]) in [0, 1]; one row per example."""
-    plt = _pyplot()
     names = list(columns)
     n = min(len(v) for v in columns.values())
-    fig, axes = plt.subplots(n, len(names), figsize=(1.6 * len(names), 1.6 * n), squeeze=False)
+    fig, axes = new_figure((1.6 * len(names), 1.6 * n), n, len(names), squeeze=False)
     for j, name in enumerate(names):
         for i in range(n):
             img = np.asarray(columns[name][i], np.float32)
@@ -67,12 +70,10 @@ def image_grid_png(path: str | pathlib.Path, columns: Mapping[str, np.ndarray], 
                 ax.set_ylabel(row_labels[i], fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def curves_png(path: str | pathlib.Path, x: Sequence[float], series: Mapping[str, Sequence[float]], xlabel: str, ylabel: str, title: str = "") -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = new_figure((5, 3.5))
     for name, ys in series.items():
         ax.plot(x, ys, marker="o", label=name)
     ax.set_xlabel(xlabel)
@@ -82,4 +83,3 @@ def curves_png(path: str | pathlib.Path, x: Sequence[float], series: Mapping[str
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -220,13 +220,11 @@ def overlay_png(
       class_names: C names.
       title: figure title.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.6), gridspec_kw={"width_ratios": [1.2, 1.0, 1.1]})
+    from feratt_jax.plots import new_figure
+
+    fig, axes = new_figure((10.5, 3.6), 1, 3, gridspec_kw={"width_ratios": [1.2, 1.0, 1.1]})
     ax = axes[0]
     ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
     r0, c0, bh, bw = face.box
@@ -253,7 +251,6 @@ def overlay_png(
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _unique_png(out_dir: pathlib.Path, stem: str, used: set[str]) -> pathlib.Path:

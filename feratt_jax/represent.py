@@ -153,12 +153,11 @@ def embedding_plot_png(
     """
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from feratt_jax.plots import new_figure
 
     train_2d, eval_2d = pca_2d(train_z, eval_z)
-    cmap = plt.get_cmap("tab10")
-    fig, ax = plt.subplots(figsize=(6.5, 5.0))
+    cmap = matplotlib.colormaps["tab10"]
+    fig, ax = new_figure((6.5, 5.0))
     for c, name in enumerate(class_names):
         colour = cmap(c % 10)
         tr = train_2d[np.asarray(train_y) == c]
@@ -172,7 +171,6 @@ def embedding_plot_png(
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ==========================================================================

@@ -62,6 +62,7 @@ RANGES: dict[str, tuple[tuple[str, float], ...]] = {
     "optimizer.b2": (_AT_LEAST_0, ("<", 1)),
     "optimizer.eps": (_POSITIVE,),
     "optimizer.weight_decay": (_AT_LEAST_0,),
+    "optimizer.decoupled_weight_decay": (_AT_LEAST_0,),
     "optimizer.warmup_steps": (_AT_LEAST_0,),
     "optimizer.grad_clip_norm": (_AT_LEAST_0,),
     "optimizer.step_size": (_AT_LEAST_0,),
@@ -116,7 +117,8 @@ RESUMABLE_CHANGES = {
     "data.prefetch",
 }
 # Fields added after runs existed, with the value that reproduces the older
-# behaviour: a stored config that predates a field counts as having it.
+# behaviour: a stored config that predates a field counts as having it
+# (optimizer.decoupled_weight_decay is derived instead: upgrade_stored_config).
 DEFAULTS_OF_NEWER_FIELDS = {
     "train.precise_bn_batches": 0,
     "model.baseline_width": 0,
@@ -126,10 +128,26 @@ DEFAULTS_OF_NEWER_FIELDS = {
 }
 
 
+def upgrade_stored_config(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored ``config.json``, flattened, in today's fields with the meaning it was run with.
+
+    Fields it predates get :data:`DEFAULTS_OF_NEWER_FIELDS`. Before
+    ``optimizer.decoupled_weight_decay`` existed, ``optimizer.weight_decay``
+    was applied after the Adam direction (AdamW); such a config reads as
+    ``decoupled_weight_decay = <its weight_decay>``, ``weight_decay = 0``.
+    """
+    # A JSON round trip puts it in the form of a fresh config's (tuples become lists).
+    flat = configs.flatten(json.loads(json.dumps(dict(stored))))
+    upgraded = {**DEFAULTS_OF_NEWER_FIELDS, **flat}
+    if "optimizer.weight_decay" in flat and "optimizer.decoupled_weight_decay" not in flat:
+        upgraded["optimizer.decoupled_weight_decay"] = flat["optimizer.weight_decay"]
+        upgraded["optimizer.weight_decay"] = 0.0
+    return upgraded
+
+
 def config_differences(stored: Mapping[str, Any], wanted: ml_collections.ConfigDict, ignored: Iterable[str]) -> list[str]:
     """Fields (outside ``ignored``) where a stored ``config.json`` differs from ``wanted``."""
-    # A JSON round trip puts both sides in the same form (tuples become lists).
-    a = {**DEFAULTS_OF_NEWER_FIELDS, **configs.flatten(json.loads(json.dumps(dict(stored))))}
+    a = upgrade_stored_config(stored)
     b = configs.flatten(json.loads(json.dumps(wanted.to_dict())))
     ignored = set(ignored)
     return sorted(k for k in set(a) | set(b) if k not in ignored and a.get(k) != b.get(k))
@@ -139,11 +157,17 @@ def check_resume(stored: Mapping[str, Any], config: ml_collections.ConfigDict, w
     """Raise unless ``config`` differs from a workdir's stored config only in :data:`RESUMABLE_CHANGES`."""
     differ = config_differences(stored, config, RESUMABLE_CHANGES)
     if differ:
-        a, b = configs.flatten(dict(stored)), configs.flatten(config.to_dict())
+        a, b = upgrade_stored_config(stored), configs.flatten(config.to_dict())
         shown = ", ".join(f"{k} ({a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r})" for k in differ[:8])
+        hint = ""
+        if "optimizer.decoupled_weight_decay" in differ and "decoupled_weight_decay" not in stored.get("optimizer", {}):
+            hint = (
+                f" (that run predates optimizer.decoupled_weight_decay: its weight_decay was AdamW's; continue it with "
+                f"--config.optimizer.decoupled_weight_decay={a['optimizer.decoupled_weight_decay']!r} --config.optimizer.weight_decay=0.0)"
+            )
         raise ValueError(
             f"{workdir} holds a run with a different config; resuming it may change only the run length and the "
-            f"logging/eval/checkpoint cadence, but these differ: {shown}. Use a new --workdir"
+            f"logging/eval/checkpoint cadence, but these differ: {shown}{hint}. Use a new --workdir"
         )
 
 

@@ -15,7 +15,9 @@ it only adds a flag that the installed jaxlib is known (or probed) to accept.
 from __future__ import annotations
 
 import functools
+import json
 import os
+import pathlib
 import subprocess
 import sys
 from typing import MutableMapping
@@ -35,20 +37,70 @@ def _jaxlib_version() -> str | None:
         return None
 
 
-@functools.lru_cache(maxsize=None)
-def flag_is_accepted(flag: str) -> bool:
-    """Whether this jaxlib starts with ``flag`` in XLA_FLAGS (checked in a child process)."""
-    version = _jaxlib_version()
-    if version and version.startswith(VERIFIED_JAXLIB):
-        return True
+def probe_cache_file() -> pathlib.Path:
+    """Where probe results are kept: ``$XDG_CACHE_HOME/feratt_jax/xla_flags.json`` (default ``~/.cache``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base) / "feratt_jax" / "xla_flags.json"
+
+
+def _read_probe_cache() -> dict:
+    try:
+        cached = json.loads(probe_cache_file().read_text())
+    except (OSError, ValueError):  # absent, unreadable or garbled: probe again
+        return {}
+    return cached if isinstance(cached, dict) else {}
+
+
+def _write_probe_cache(key: str, flag: str, accepted: bool) -> None:
+    cached = _read_probe_cache()
+    entry = cached.get(key) if isinstance(cached.get(key), dict) else {}
+    cached[key] = {**entry, flag: accepted}
+    path = probe_cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cached, indent=1, sort_keys=True))
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new file
+    except OSError:  # read-only home, full disk: the probe just runs again next time
+        pass
+
+
+def _probe(flag: str) -> bool | None:
+    """Start a child with ``flag``: True = accepted, False = XLA rejected it, None = could not tell."""
     env = {**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"}
     try:
         proc = subprocess.run(
             [sys.executable, "-c", "import jax; jax.devices('cpu')"], env=env, capture_output=True, timeout=120
         )
     except (OSError, subprocess.TimeoutExpired):
-        return False
-    return proc.returncode == 0
+        return None
+    if proc.returncode == 0:
+        return True
+    # XLA names the flag it does not know; any other failure is not a verdict on the flag.
+    return False if flag.split("=", 1)[0].encode() in proc.stderr else None
+
+
+@functools.lru_cache(maxsize=None)
+def flag_is_accepted(flag: str) -> bool:
+    """Whether this jaxlib starts with ``flag`` in XLA_FLAGS.
+
+    Known for :data:`VERIFIED_JAXLIB`; otherwise checked once per jaxlib
+    version in a child process (~1.5 s) and the verdict kept in
+    :func:`probe_cache_file`, so later commands start no child.
+    """
+    version = _jaxlib_version()
+    if version and version.startswith(VERIFIED_JAXLIB):
+        return True
+    key = f"jaxlib {version}"
+    cached = _read_probe_cache().get(key)
+    if isinstance(cached, dict) and isinstance(cached.get(flag), bool):
+        return cached[flag]
+    verdict = _probe(flag)
+    if verdict is None:
+        return False  # not cached: a transient failure is not a verdict
+    if version:
+        _write_probe_cache(key, flag, verdict)
+    return verdict
 
 
 def _backends_started() -> bool:
@@ -93,4 +145,4 @@ def apply_fast_cpu_flags(environ: MutableMapping[str, str] | None = None) -> lis
     return added
 
 
-__all__ = ["FAST_CPU_FLAGS", "apply_fast_cpu_flags", "flag_is_accepted"]
+__all__ = ["FAST_CPU_FLAGS", "apply_fast_cpu_flags", "flag_is_accepted", "probe_cache_file"]

@@ -557,3 +557,29 @@ def test_tfds_builders_name_the_extra_when_tfds_is_missing(monkeypatch):
     with pytest.raises(ValueError, match="unknown dataset"):
         tfds_builders.builder_class("mnist")
     assert "manual_dir" in tfds_builders.MANUAL_DOWNLOAD_INSTRUCTIONS["affectnet"]
+
+
+def test_tfds_ckplus_builds_without_tensorflow_and_feeds_the_pipeline(ckplus_raw, ckplus_prepared, tmp_path, monkeypatch):
+    """CI installs tfds (dev extra): the CK+ builder writes array_record files and reads back the prepared bank."""
+    import sys
+
+    pytest.importorskip("tensorflow_datasets", reason="tensorflow-datasets is in the dev extra")
+    from feratt_jax.data import tfds_builders
+    from feratt_jax.data.pipeline import DataConfig, make_datasets
+
+    tfds_builders.build("ckplus", ckplus_raw, tmp_path / "tfds")
+    assert "tensorflow" not in sys.modules, "building the TFDS dataset imported TensorFlow"
+    assert list((tmp_path / "tfds" / "feratt_ckplus").glob("*/*.array_record-*")), "no array_record files written"
+    expected = records.load_prepared_bank(ckplus_prepared[0])
+    bank = tfds_builders.load_tfds_bank("ckplus", tmp_path / "tfds")
+    assert sorted(bank) == sorted(expected)
+    for key, want in expected.items():
+        np.testing.assert_array_equal(bank[key], want, err_msg=f"field {key} differs between TFDS and feratt data prepare")
+    # Into the trainer's pipeline as data.source="tfds:ckplus" ($TFDS_DATA_DIR read at call time).
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    cfg = DataConfig(source="tfds:ckplus", mode="real", num_classes=7, image_size=32, batch_size=4, subjects_per_fold=1, val_subjects=1, loader="numpy")
+    data = make_datasets(cfg, seed=0)
+    assert len(data.bank["label"]) == len(expected["label"]) - int((expected["label"] >= 7).sum())
+    assert next(data.train)["faces"].shape == (4, 128, 128)
+    with pytest.raises(FileNotFoundError, match="feratt_ckplus is not built"):
+        tfds_builders.load_tfds_bank("ckplus", tmp_path / "empty")

@@ -5,10 +5,12 @@ Prepare the data once (the folder this config reads by default):
 Train (argument: model and/or size, e.g. ferattentiongmm,quick; models ferattention, ferattentiongmm, preactresnet18):
     feratt train --config experiments/configs/ckplus_synthetic.py --workdir runs/ckplus_synthetic
 A prepared folder elsewhere: --config.data.source=path/to/prepared/ckplus
+
+The same config without a clone: ``--config ckplus_synthetic[:ARG]`` (feratt_jax.configs.NAMED_CONFIGS).
 """
 
 from feratt_jax import configs
 
 
 def get_config(arg: str = ""):
-    return configs.paper_table_config("ckplus", "synthetic", arg)
+    return configs.named_config("ckplus_synthetic", arg)

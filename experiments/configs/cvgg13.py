@@ -2,12 +2,12 @@
 
     feratt train --config experiments/configs/cvgg13.py --workdir runs/cvgg13
     feratt train --config experiments/configs/cvgg13.py:quick --workdir runs/cvgg13_quick
+
+The same config without a clone: ``--config cvgg13[:ARG]`` (feratt_jax.configs.NAMED_CONFIGS).
 """
 
 from feratt_jax import configs
 
 
 def get_config(arg: str = ""):
-    c = configs.base_config("cvgg13")
-    c.model.input_size = 0
-    return configs.sized(c, arg)
+    return configs.named_config("cvgg13", arg)

@@ -15,11 +15,12 @@ Full run (a GPU job):
     feratt train --config experiments/configs/ferattention_2019.py --workdir runs/ferattention_2019
 CPU run (narrow networks at 128x128; slower than HEAD's quick configs at 64):
     feratt train --config experiments/configs/ferattention_2019.py:quick --workdir runs/ferattention_2019_quick
+
+The same config without a clone: ``--config ferattention_2019[:ARG]`` (feratt_jax.configs.NAMED_CONFIGS).
 """
 
 from feratt_jax import configs
 
 
 def get_config(arg: str = ""):
-    c = configs.base_config("ferattention_2019")
-    return configs.sized(c, arg)
+    return configs.named_config("ferattention_2019", arg)

@@ -4,11 +4,12 @@ Full run (reference settings: batch 32, Adam+amsgrad lr 1e-4, 64x64):
     feratt train --config experiments/configs/ferattentiongmm.py --workdir runs/ferattentiongmm
 CPU run of minutes:
     feratt train --config experiments/configs/ferattentiongmm.py:quick --workdir runs/ferattentiongmm_quick
+
+The same config without a clone: ``--config ferattentiongmm[:ARG]`` (feratt_jax.configs.NAMED_CONFIGS).
 """
 
 from feratt_jax import configs
 
 
 def get_config(arg: str = ""):
-    c = configs.base_config("ferattentiongmm")
-    return configs.sized(c, arg)
+    return configs.named_config("ferattentiongmm", arg)

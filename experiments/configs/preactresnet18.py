@@ -4,12 +4,12 @@ The composite is rendered at 64x64 like the FERAtt runs and average-pooled to
 32x32 before the classifier, so both see the same pixels.
     feratt train --config experiments/configs/preactresnet18.py --workdir runs/preactresnet18
     feratt train --config experiments/configs/preactresnet18.py:quick --workdir runs/preactresnet18_quick
+
+The same config without a clone: ``--config preactresnet18[:ARG]`` (feratt_jax.configs.NAMED_CONFIGS).
 """
 
 from feratt_jax import configs
 
 
 def get_config(arg: str = ""):
-    c = configs.base_config("preactresnet18")
-    c.model.input_size = 32
-    return configs.sized(c, arg)
+    return configs.named_config("preactresnet18", arg)

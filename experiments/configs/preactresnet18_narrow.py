@@ -6,14 +6,12 @@ narrow classifier with a wide one. This config is the baseline with FERAtt's
 classifier width at each size (16 at quick, 64 = the baseline itself at full
 size), so the front end's contribution can be read at matched capacity.
     feratt train --config experiments/configs/preactresnet18_narrow.py:quick --workdir runs/preactresnet18_narrow_quick
+
+The same config without a clone: ``--config preactresnet18_narrow[:ARG]`` (feratt_jax.configs.NAMED_CONFIGS).
 """
 
 from feratt_jax import configs
 
 
 def get_config(arg: str = ""):
-    c = configs.base_config("preactresnet18")
-    c.model.input_size = 32
-    c = configs.sized(c, arg)
-    c.model.baseline_width = c.model.backbone_width  # FERAtt's classifier width at this size
-    return c
+    return configs.named_config("preactresnet18_narrow", arg)

@@ -2,12 +2,12 @@
 
     feratt train --config experiments/configs/resnet18.py --workdir runs/resnet18
     feratt train --config experiments/configs/resnet18.py:quick --workdir runs/resnet18_quick
+
+The same config without a clone: ``--config resnet18[:ARG]`` (feratt_jax.configs.NAMED_CONFIGS).
 """
 
 from feratt_jax import configs
 
 
 def get_config(arg: str = ""):
-    c = configs.base_config("resnet18")
-    c.model.input_size = 224
-    return configs.sized(c, arg)
+    return configs.named_config("resnet18", arg)

@@ -64,7 +64,9 @@ class DataConfig:
       source: "synthetic" (the embedded generator), a real dataset's name
         (``ckplus``, ``bu3dfe``, ...: the folder of that name under
         ``$FERATT_DATA_DIR`` or ``~/.cache/feratt_jax/datasets``), or the path
-        of a folder written by ``feratt data prepare``. Its faces replace the
+        of a folder written by ``feratt data prepare``, or ``tfds:<dataset>``
+        (the TFDS builder ``feratt_<dataset>`` built in ``$TFDS_DATA_DIR``,
+        :mod:`feratt_jax.data.tfds_builders`). Its faces replace the
         synthetic face bank; records with a label >= num_classes are left out.
       mode: "synthetic" composites the faces onto clutter (the paper's
         "synthetic" rows); "real" uses the aligned face on black as is (the
@@ -138,9 +140,11 @@ class DataConfig:
         def fail(msg: str) -> None:
             raise ValueError(f"DataConfig: {msg}")
 
-
-        if self.source not in SOURCES + DATASETS and not _looks_like_path(self.source):
-            fail(f"source {self.source!r} is not supported; use one of {SOURCES + DATASETS} or a prepared folder")
+        tfds_name = self.source.removeprefix("tfds:") if self.source.startswith("tfds:") else None
+        if tfds_name is not None and tfds_name not in DATASETS:
+            fail(f"source {self.source!r}: tfds:<dataset> needs one of {DATASETS}")
+        if tfds_name is None and self.source not in SOURCES + DATASETS and not _looks_like_path(self.source):
+            fail(f"source {self.source!r} is not supported; use one of {SOURCES + DATASETS}, tfds:<dataset> or a prepared folder")
         if self.mode not in MODES:
             fail(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.split not in SPLITS:

@@ -18,6 +18,7 @@ from feratt_jax.data import synthfaces
 from feratt_jax.data.device import keys_from_seeds
 from feratt_jax.data.pipeline import DataConfig, build_background_pool
 from feratt_jax.data.render import render_batch
+from feratt_jax.plots import new_figure
 
 
 def _as_data_config(config: Any) -> DataConfig:
@@ -60,10 +61,6 @@ def write_preview(
       The written path.
     """
     import jax
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     cfg = _as_data_config(config)
     if num_subjects < 1:
@@ -87,9 +84,7 @@ def write_preview(
     out = jax.device_get(render_batch(bank["image"], bank["mask"], bgs, bank["label"], keys_from_seeds(seeds), rcfg))
 
     rows = ("dark face + landmarks", "x_org (clean)", "image (composite)", "mask")
-    fig, axes = plt.subplots(
-        len(rows) * num_subjects, n_cls, figsize=(1.6 * n_cls, 1.7 * len(rows) * num_subjects), squeeze=False
-    )
+    fig, axes = new_figure((1.6 * n_cls, 1.7 * len(rows) * num_subjects), len(rows) * num_subjects, n_cls, squeeze=False)
     for s in range(num_subjects):
         for c in range(n_cls):
             i = s * n_cls + c
@@ -118,6 +113,5 @@ def write_preview(
     path = pathlib.Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, format="png")
-    plt.close(fig)
     return path
 

@@ -2,12 +2,18 @@
 
 For people who keep their data in TFDS: each builder reads the dataset's
 native layout from TFDS's manual-download folder and yields the same aligned
-records as ``feratt data prepare`` (:mod:`feratt_jax.data.real`)::
+records as ``feratt data prepare`` (:mod:`feratt_jax.data.real`), one TFDS
+feature per field of :data:`feratt_jax.data.real.records.RECORD_DTYPE`::
 
     pip install 'feratt-jax[tfds]'
-    python -c "from feratt_jax.data.tfds_builders import builder_class; \\
-        builder_class('ckplus')(data_dir='~/tfds').download_and_prepare(\\
-        download_config=__import__('tensorflow_datasets').download.DownloadConfig(manual_dir='~/raw/CK+'))"
+    python -c "from feratt_jax.data.tfds_builders import build; build('ckplus', '~/raw/CK+', '~/tfds')"
+    TFDS_DATA_DIR=~/tfds feratt train --config ckplus_real --workdir runs/ck --config.data.source=tfds:ckplus
+
+Without TensorFlow: TFDS encodes ``Image`` features through TensorFlow and
+writes its default tfrecord files with it, so these builders store the faces
+as uint8 ``Tensor`` features and default to the ``array_record`` file format,
+both of which TFDS writes and reads (``tfds.data_source``) with NumPy and
+array_record alone (measured: docs/install.md).
 
 The main path stays ``feratt data prepare`` (no TFDS): this module imports
 ``tensorflow_datasets`` only when a builder is asked for.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import pathlib
 from typing import Any
 
@@ -74,7 +81,7 @@ def builder_class(dataset: str) -> type:
     tfds = require_tfds()
     import numpy as np
 
-    from feratt_jax.data.real import align, prepare
+    from feratt_jax.data.real import align, prepare, records
 
     num_classes = NUM_CLASSES[dataset]
 
@@ -85,12 +92,14 @@ def builder_class(dataset: str) -> type:
             description=f"{dataset} faces aligned into 128x128 grey dark faces by feratt_jax (unified label order).",
             features=tfds.features.FeaturesDict(
                 {
-                    "image": tfds.features.Image(shape=(size, size, 1)),
-                    "mask": tfds.features.Image(shape=(size, size, 1)),
+                    "image": tfds.features.Tensor(shape=(size, size), dtype=np.uint8),
+                    "mask": tfds.features.Tensor(shape=(size, size), dtype=np.uint8),
                     "landmarks": tfds.features.Tensor(shape=(align.NUM_LANDMARKS, 2), dtype=np.float32),
                     "label": tfds.features.ClassLabel(names=list(EXPRESSION_NAMES[:num_classes])),
                     "subject": tfds.features.Tensor(shape=(), dtype=np.int32),
+                    "source_index": tfds.features.Tensor(shape=(), dtype=np.int64),
                     "method": tfds.features.ClassLabel(names=list(align.METHOD_NAMES)),
+                    "partition": tfds.features.Tensor(shape=(), dtype=np.uint8),
                     "source": tfds.features.Text(),
                 }
             ),
@@ -116,18 +125,19 @@ def builder_class(dataset: str) -> type:
             except ValueError as err:
                 log.warning("%s: skipped %s: %s", dataset, item.source, err)
                 continue
-            yield int(item.source_index), {
-                "image": rec["image"][..., None],
-                "mask": rec["mask"][..., None],
-                "landmarks": rec["landmarks"],
-                "label": int(rec["label"]),
-                "subject": np.int32(rec["subject"]),
-                "method": int(rec["method"]),
-                "source": str(rec["source"]),
-            }
+            yield int(item.source_index), {key: rec[key].item() if rec[key].ndim == 0 else rec[key] for key in records.RECORD_KEYS}
+
+    def __init__(self, *, file_format: str = "array_record", **kwargs):
+        # tfrecord (TFDS's default) is written through TensorFlow; array_record is not.
+        tfds.core.GeneratorBasedBuilder.__init__(self, file_format=file_format, **kwargs)
 
     attrs = {
-        "VERSION": tfds.core.Version("1.0.0"),
+        "VERSION": tfds.core.Version("2.0.0"),
+        "RELEASE_NOTES": {
+            "1.0.0": "Image features (needed TensorFlow to build).",
+            "2.0.0": "uint8 Tensor features, array_record files, every prepared field: builds without TensorFlow.",
+        },
+        "__init__": __init__,
         "MANUAL_DOWNLOAD_INSTRUCTIONS": MANUAL_DOWNLOAD_INSTRUCTIONS[dataset],
         "__doc__": f"{dataset} converted by feratt_jax.data.real (manual download).",
         "__module__": __name__,
@@ -137,3 +147,55 @@ def builder_class(dataset: str) -> type:
     }
     # TFDS derives the registered name from the class name: FerattCkplus -> feratt_ckplus.
     return type(f"Feratt{dataset.capitalize()}", (tfds.core.GeneratorBasedBuilder,), attrs)
+
+
+def build(dataset: str, manual_dir: str | pathlib.Path, data_dir: str | pathlib.Path | None = None) -> Any:
+    """Build ``feratt_<dataset>`` from the raw files in ``manual_dir`` into ``data_dir`` (TFDS's default if None)."""
+    tfds = require_tfds()
+    builder = builder_class(dataset)(data_dir=None if data_dir is None else str(pathlib.Path(data_dir).expanduser()))
+    manual = pathlib.Path(manual_dir).expanduser()
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+    return builder
+
+
+def load_tfds_bank(dataset: str, data_dir: str | pathlib.Path | None = None) -> dict:
+    """A built ``feratt_<dataset>`` read back through ``tfds.data_source`` as the trainer's face bank.
+
+    ``data_dir`` defaults to ``$TFDS_DATA_DIR``, then TFDS's own default.
+
+    Every split is read (the partition is a field of each record) and the
+    records are put back in the dataset's listing order, so the bank equals
+    the one :func:`feratt_jax.data.real.records.load_prepared_bank` gives for
+    the same raw files.
+
+    Raises:
+      ValueError: unknown dataset.
+      FileNotFoundError: not built in ``data_dir`` (the message says how to build it).
+    """
+    import numpy as np
+
+    from feratt_jax.data.real import records
+
+    # TFDS reads $TFDS_DATA_DIR once, at import; read it here so a later setting counts.
+    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+    root = None if data_dir is None else str(pathlib.Path(data_dir).expanduser())
+    builder = builder_class(dataset)(data_dir=root)
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"TFDS dataset {builder.name} is not built in {builder.data_dir}: run "
+            f"feratt_jax.data.tfds_builders.build({dataset!r}, RAW_DIR, DATA_DIR) (or set TFDS_DATA_DIR)"
+        )
+    tfds = require_tfds()
+    rows = []
+    for split in builder.info.splits:
+        source = tfds.data_source(builder.name, split=split, data_dir=root)
+        for i in range(len(source)):
+            ex = source[i]
+            rec = np.zeros((), records.RECORD_DTYPE)
+            for key in records.RECORD_KEYS:
+                value = ex[key]
+                rec[key] = value.decode() if isinstance(value, bytes) else value
+            rows.append(rec)
+    recs = np.stack(rows) if rows else np.zeros(0, records.RECORD_DTYPE)
+    recs = recs[np.argsort(recs["source_index"], kind="stable")]
+    return records.bank_from_records(recs)

@@ -1,4 +1,4 @@
-"""Real-data loading: a prepared dataset as a face bank, and its official partition as a split."""
+"""Real-data loading: a prepared dataset (or its TFDS build) as a face bank, and its official partition as a split."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from feratt_jax.data import synthfaces
+from feratt_jax.data.real import NUM_CLASSES
 from feratt_jax.data.real.records import (
     PARTITION_TEST,
     PARTITION_TRAIN,
@@ -17,6 +18,7 @@ from feratt_jax.data.real.records import (
     resolve_prepared_dir,
 )
 from feratt_jax.data.splits import SubjectSplit
+from feratt_jax.data.tfds_builders import load_tfds_bank
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +27,21 @@ def load_real_bank(source: str, num_classes: int) -> dict[str, np.ndarray]:
     """A prepared real dataset as a face bank, keeping labels < ``num_classes``.
 
     Args:
-      source: a dataset name or a prepared folder (see ``DataConfig.source``).
+      source: a dataset name, a prepared folder or ``tfds:<dataset>`` (see ``DataConfig.source``).
       num_classes: the model's classes; e.g. CK+'s contempt (7) is left out at 7.
 
     Raises:
       FileNotFoundError: not prepared (the message gives the prepare command).
       ValueError: no record left.
     """
-    folder = resolve_prepared_dir(source)
-    bank = load_prepared_bank(folder)
-    dataset_classes = int(read_manifest(folder).get("num_classes", synthfaces.NUM_CLASSES))
+    if source.startswith("tfds:"):
+        folder = source
+        bank = load_tfds_bank(source.removeprefix("tfds:"))
+        dataset_classes = NUM_CLASSES[source.removeprefix("tfds:")]
+    else:
+        folder = resolve_prepared_dir(source)
+        bank = load_prepared_bank(folder)
+        dataset_classes = int(read_manifest(folder).get("num_classes", synthfaces.NUM_CLASSES))
     keep = bank["label"] < num_classes
     if not keep.all():
         log.warning("%s: leaving out %d records with labels >= num_classes=%d", folder, int((~keep).sum()), num_classes)

@@ -325,7 +325,11 @@ def load_prepared_bank(prepared_dir: str | os.PathLike) -> dict[str, np.ndarray]
     folder = pathlib.Path(prepared_dir)
     manifest = read_manifest(folder)
     parts = [read_records_file(folder / name) for name in manifest["files"]]
-    records = np.concatenate(parts) if parts else np.zeros(0, RECORD_DTYPE)
+    return bank_from_records(np.concatenate(parts) if parts else np.zeros(0, RECORD_DTYPE))
+
+
+def bank_from_records(records: np.ndarray) -> dict[str, np.ndarray]:
+    """:data:`RECORD_DTYPE` records -> the face bank of :func:`load_prepared_bank`."""
     bank = structured_to_arrays(records)
     n = len(records)
     bank["action_units"] = np.full((n, NUM_ACTION_UNITS), np.nan, np.float32)
