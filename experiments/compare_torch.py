@@ -2,7 +2,7 @@
 
 Both runs start from the same weights (the PyTorch twin's initialisation,
 converted with ``feratt_jax.interop``), see the same batches, use the
-reference trainer's loss for the variant (reference.md 2.2, including the
+reference trainer's loss for the variant (docs/reference.md 2.2, including the
 ``loss * B`` backward of attnet/attstnnet/attgmmstnnet) and the reference's
 optimizer, ``Adam(lr=1e-4, amsgrad=True)``: ``torch.optim.Adam`` on one side,
 ``feratt_jax.optimizers.torch_adam`` (the same update rule; ``optax.amsgrad``
@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-# Reference trainer per arch (reference.md 2.2): loss terms, ||z|| weight, whether backward uses loss * B.
+# Reference trainer per arch (docs/reference.md 2.2): loss terms, ||z|| weight, whether backward uses loss * B.
 TRAINERS: dict[str, dict[str, Any]] = {
     "ferattention": {"terms": ("cross_entropy", "reconstruction"), "z_weight": None, "times_batch": True},
     "ferattentionstn": {"terms": ("cross_entropy", "reconstruction", "stn"), "z_weight": None, "times_batch": True},

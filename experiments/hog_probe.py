@@ -1,6 +1,6 @@
 """Learnability probe for the synthetic data: HOG features + logistic regression.
 
-The classes must be learnable by a CNN but not linearly trivial (data.md 4.2:
+The classes must be learnable by a CNN but not linearly trivial (docs/data.md 4.2:
 the design prototype scored 44.7 % with this probe, chance 12.5 %). The probe
 renders composites exactly as training does (subject-independent split,
 ``render_batch`` with the train preset), extracts HOG descriptors (8x8 cells,

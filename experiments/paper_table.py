@@ -1,6 +1,6 @@
 """The paper's comparison on the embedded synthetic benchmark: baseline vs FERAtt+Cls vs FERAtt+Rep+Cls.
 
-The paper (reference.md section 6) reports, on faces composited onto clutter,
+The paper (docs/reference.md section 6) reports, on faces composited onto clutter,
 PreActResNet18 (32x32 input) < FERAtt+Cls < FERAtt+Rep+Cls, as Acc, macro
 Prec, macro Rec and F1 (= 2PR/(P+R)), mean +- std over subject-independent
 folds. This script trains the three methods with ``feratt kfold``'s machinery

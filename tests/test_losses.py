@@ -383,7 +383,7 @@ def _fake_outputs_and_batch(batch=4, num_classes=3, dim=5, size=8, seed=0):
     return outputs, batch_dict
 
 
-# Expected composition per variant, written out from reference.md 2.2.
+# Expected composition per variant, written out from docs/reference.md 2.2.
 EXPECTED_TERMS = {
     "classifier": {"cross_entropy": 1.0},
     "attention": {"cross_entropy": 1.0, "reconstruction": 1.0},
@@ -457,7 +457,7 @@ def test_feratt_losses_weights_and_reference_options():
         + 0.1 * float(got["embedding_norm"])
     )
     assert float(got["total"]) == pytest.approx(expected, rel=1e-6)
-    # The reference's per-trainer settings (reference.md 2.2 and defect 9).
+    # The reference's per-trainer settings (docs/reference.md 2.2 and defect 9).
     assert L.reference_loss_options("attention")["scale_by_batch_size"] is True
     assert L.reference_loss_options("attention_stn")["scale_by_batch_size"] is True
     assert L.reference_loss_options("attention_gmm")["scale_by_batch_size"] is False

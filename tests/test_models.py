@@ -31,7 +31,7 @@ def _count(tree) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
-# Reference totals (reference.md 1.6) minus the 513,000 parameters of the
+# Reference totals (docs/reference.md 1.6) minus the 513,000 parameters of the
 # unused torchvision encoder.fc, which we do not build.
 REFERENCE_COUNTS = [
     ("ferattention", 8, 32, {}, 46_305_737 - 513_000),

@@ -1,7 +1,7 @@
 """The paper-era FERAtt (reference commit 53fd5e4, Jan 2019: the code behind the paper's tables).
 
 Model ``ferattention_2019`` (the reference's arch ``atentionresnet34``,
-reference.md 8) with that commit's ``runs/train.sh`` and trainer settings
+docs/reference.md 8) with that commit's ``runs/train.sh`` and trainer settings
 (:func:`feratt_jax.configs.paper_era_settings`): 128x128 input, batch 240,
 Adam (amsgrad) at lr 1e-4 with PyTorch's StepLR (x0.1 every 100 epochs), 500
 epochs of 70,000 samples (291 batches), dim 32, and the loss

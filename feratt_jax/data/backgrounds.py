@@ -1,6 +1,6 @@
 """Background clutter for the compositing renderer (the reference's COCO substitute).
 
-Two sources, mixed per sample (data.md 3.3):
+Two sources, mixed per sample (docs/data.md 3.3):
 
 * **Photos.** By default the CC0 / public-domain photos that ship inside the
   scikit-image wheel, loaded from the installed package at run time (never
@@ -29,7 +29,7 @@ from scipy import ndimage
 from feratt_jax.data._raster import ellipse_poly, polygon_coverage, thick_curve
 
 # scikit-image sample images whose docstrings mark them CC0, public domain or
-# "no known copyright restrictions" (data.md 3.3). moon/page/logo/color/
+# "no known copyright restrictions" (docs/data.md 3.3). moon/page/logo/color/
 # motorcycle state no licence and are left out on purpose.
 SKIMAGE_PHOTOS = (
     "astronaut",

@@ -1,10 +1,10 @@
 """Procedural FACS-driven face generator ("synthfacs"), the embedded default dataset.
 
-No package ships expression-labelled faces (data.md section 2), so the default
+No package ships expression-labelled faces (docs/data.md section 2), so the default
 dataset is drawn: a parametric 2D face whose identity (shape, tone, hair,
 feature placement, texture) comes from a per-subject random vector and whose
 expression is a vector of FACS action-unit (AU) intensities sampled from an
-EMFACS-style prototype per class (data.md 4.3), times a random gain, plus
+EMFACS-style prototype per class (docs/data.md 4.3), times a random gain, plus
 nuisance noise on every AU.
 
 The output matches the reference's "dark" datasets (docs/reference.md 5.2), which
@@ -66,7 +66,7 @@ AU_NAMES = (
 )
 _AU = {name: i for i, name in enumerate(AU_NAMES)}
 
-# EMFACS-style class prototypes (data.md 4.3). Contempt's unilateral AUs are
+# EMFACS-style class prototypes (docs/data.md 4.3). Contempt's unilateral AUs are
 # written as "U12"/"U14" and resolved to a random side per face.
 PROTOTYPES: dict[int, dict[str, float]] = {
     0: {},
@@ -80,7 +80,7 @@ PROTOTYPES: dict[int, dict[str, float]] = {
 }
 
 # Realistic skin luminances (dark to light, already in grey) and hair shades;
-# sampling along a palette avoids implausible tones (data.md 4.3).
+# sampling along a palette avoids implausible tones (docs/data.md 4.3).
 _SKIN_STOPS = np.array([0.30, 0.40, 0.50, 0.58, 0.65, 0.72])
 _HAIR_SHADES = np.array([0.06, 0.12, 0.20, 0.32, 0.45, 0.58, 0.68])
 

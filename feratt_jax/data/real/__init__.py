@@ -1,7 +1,7 @@
 """Converters for real facial-expression datasets (bring your own data, converted once).
 
 None of CK+, JAFFE, BU-3DFE, FER2013 / FER+, AffectNet or RAF-DB can be
-redistributed, so the project ships converters, not data (data.md 0.2):
+redistributed, so the project ships converters, not data (docs/data.md 0.2):
 ``feratt data prepare --dataset NAME --raw-dir DIR --out DIR`` parses the
 native layout, maps labels to the unified order, aligns every face into the
 128x128 grey "dark" face of the synthetic generator's record schema and

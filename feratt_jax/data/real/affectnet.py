@@ -1,4 +1,4 @@
-"""AffectNet: native layout and labels (data.md 6.6, docs/reference.md 5.1).
+"""AffectNet: native layout and labels (docs/data.md 6.6, docs/reference.md 5.1).
 
 ``Manually_Annotated_file_lists/training.csv`` and ``validation.csv`` have the
 columns ``subDirectory_filePath, face_x, face_y, face_width, face_height,

@@ -1,4 +1,4 @@
-"""BU-3DFE: native layout and labels (data.md 6.3).
+"""BU-3DFE: native layout and labels (docs/data.md 6.3).
 
 The 2D frontal renders are ``F0001/F0001_AN01WH_F2D.bmp``: subject ``F0001``
 (F female, M male), expression ``AN`` at intensity ``01`` (01-04; neutral is

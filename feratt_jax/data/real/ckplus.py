@@ -1,4 +1,4 @@
-"""CK+ (extended Cohn-Kanade): native layout and labels (data.md 6.1).
+"""CK+ (extended Cohn-Kanade): native layout and labels (docs/data.md 6.1).
 
 Layout under the raw folder::
 

@@ -1,4 +1,4 @@
-"""FER2013 and FER+: native layout and labels (data.md 6.4-6.5, docs/reference.md 5.1).
+"""FER2013 and FER+: native layout and labels (docs/data.md 6.4-6.5, docs/reference.md 5.1).
 
 FER2013 is one CSV, ``fer2013.csv``, with columns ``emotion,pixels,Usage``:
 48x48 grey faces as 2,304 space-separated values, labels 0 angry,

@@ -1,4 +1,4 @@
-"""JAFFE: native layout and labels (data.md 6.2).
+"""JAFFE: native layout and labels (docs/data.md 6.2).
 
 213 grey 256x256 TIFFs of 10 subjects, named ``KA.AN1.39.tiff``: subject
 ``KA``, expression code ``AN`` with repetition ``1``, image number ``39``.

@@ -1,6 +1,6 @@
 """``feratt data prepare``: convert a real dataset's native layout into a prepared folder.
 
-Steps (data.md 0.2): list the native layout and map the labels (one module
+Steps (docs/data.md 0.2): list the native layout and map the labels (one module
 per dataset), assign dense subject ids, then read + align every face
 (:mod:`.align`) chunk by chunk and write the records (:mod:`.records`).
 Finished chunks survive an interruption and are skipped on the rerun; the

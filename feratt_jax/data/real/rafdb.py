@@ -1,4 +1,4 @@
-"""RAF-DB (basic emotions): native layout and labels (data.md 6.7).
+"""RAF-DB (basic emotions): native layout and labels (docs/data.md 6.7).
 
 ``EmoLabel/list_patition_label.txt`` (sic) has one ``train_00001.jpg 5`` line
 per image; the 100x100 aligned faces are ``Image/aligned/train_00001_aligned.jpg``.
