@@ -16,6 +16,7 @@ Modules:
   and loading a prepared folder back as a face bank;
 * :mod:`.ckplus`, :mod:`.jaffe`, :mod:`.bu3dfe`, :mod:`.fer2013` (FER2013 and
   FER+), :mod:`.affectnet`, :mod:`.rafdb`: one native layout each;
+* :mod:`.folder`: any class-per-folder image tree;
 * :mod:`.prepare`: dispatch, the conversion loop and the CLI entry.
 
 This package's ``__init__`` imports nothing heavy, so the input pipeline can
@@ -27,4 +28,8 @@ from __future__ import annotations
 # Dataset names accepted by ``--dataset`` and ``data.source``.
 DATASETS = ("ckplus", "jaffe", "bu3dfe", "fer2013", "ferplus", "affectnet", "rafdb")
 # Classes of each dataset (7: no contempt); labels are 0..C-1 of the unified order.
+# ``feratt data prepare --dataset folder``: a class-per-folder tree (:mod:`.folder`). Not a
+# ``data.source`` name: train on the prepared folder's path.
+FOLDER = "folder"
+PREPARE_DATASETS = DATASETS + (FOLDER,)
 NUM_CLASSES = {"ckplus": 8, "jaffe": 7, "bu3dfe": 7, "fer2013": 7, "ferplus": 8, "affectnet": 8, "rafdb": 7}
