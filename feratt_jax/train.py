@@ -30,7 +30,7 @@ import optax
 
 from feratt_jax import losses as losses_lib
 from feratt_jax import metrics as metrics_lib
-from feratt_jax import precise_bn, sharding, validation, workdir_lock
+from feratt_jax import EXPRESSION_NAMES, plots, precise_bn, sharding, stopping, validation, workdir_lock
 from feratt_jax.checkpointing import Checkpointer, abstract_like
 from feratt_jax.data import pipeline
 from feratt_jax.metric_writer import MetricWriter
@@ -124,7 +124,8 @@ def make_learning_rate(opt_config: ml_collections.ConfigDict, num_steps: int) ->
     times batches per epoch).
     """
     lr = opt_config.learning_rate
-    if opt_config.schedule == "constant":
+    # "plateau": a constant base rate; the plateau scale is a link of the optimizer chain (feratt_jax.stopping).
+    if opt_config.schedule in ("constant", stopping.PLATEAU_SCHEDULE):
         schedule = optax.constant_schedule(lr)
     elif opt_config.schedule == "cosine":
         schedule = optax.cosine_decay_schedule(lr, max(num_steps - opt_config.warmup_steps, 1))
@@ -136,7 +137,7 @@ def make_learning_rate(opt_config: ml_collections.ConfigDict, num_steps: int) ->
             raise ValueError(f"optimizer.step_gamma must be in (0, 1], got {gamma!r}")
         schedule = optax.exponential_decay(lr, transition_steps=step_size, decay_rate=gamma, staircase=True)
     else:
-        raise ValueError(f"optimizer.schedule must be constant, cosine or step, got {opt_config.schedule!r}")
+        raise ValueError(f"optimizer.schedule must be constant, cosine, step or plateau, got {opt_config.schedule!r}")
     if opt_config.warmup_steps:
         warmup = optax.linear_schedule(0.0, lr, opt_config.warmup_steps)
         schedule = optax.join_schedules([warmup, schedule], [opt_config.warmup_steps])
@@ -159,6 +160,8 @@ def make_optimizer(opt_config: ml_collections.ConfigDict, schedule: optax.Schedu
     if opt_config.weight_decay:
         chain.append(optax.add_decayed_weights(opt_config.weight_decay))
     chain.append(optax.scale_by_learning_rate(schedule))
+    if opt_config.schedule == stopping.PLATEAU_SCHEDULE:
+        chain.append(stopping.scale_by_plateau(stopping.make_plateau(opt_config)))  # last link: see stopping.lr_scale
     return optax.chain(*chain)
 
 
@@ -278,7 +281,7 @@ def make_train_step(
             metrics["gmm_accuracy"] = metrics_lib.nearest_class_mean_accuracy(outputs["embedding"], rendered["label"]) / 100.0
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["param_norm"] = optax.tree.norm(params)
-        metrics["learning_rate"] = schedule(state.step)
+        metrics["learning_rate"] = schedule(state.step) * stopping.lr_scale(state.opt_state)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_batch_stats, opt_state=opt_state)
         return new_state, metrics
 
@@ -476,10 +479,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     checkpointer = Checkpointer(workdir, keep=tc.keep_checkpoints)
     restored = checkpointer.restore_latest(abstract_state)
     best_val_accuracy = -1.0
+    # --- issue 17: early stopping and the plateau schedule (feratt_jax.stopping)
+    early = stopping.EarlyStopping(int(tc.get("early_stopping_patience", 0)))
+    plateau = stopping.make_plateau(config.optimizer) if config.optimizer.schedule == stopping.PLATEAU_SCHEDULE else None
     if restored is not None:
         state, data_state, meta = restored
         train_iter.set_state(data_state)
         best_val_accuracy = float(meta.get("best_val_accuracy", -1.0))
+        early.load(meta)
         print(f"resumed from {workdir / 'checkpoints'} at step {int(state.step)}", flush=True)
     else:
         state = jax.jit(init_state, out_shardings=state_sharding)()
@@ -506,15 +513,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     history: list[dict[str, float]] = []
 
     def meta() -> dict[str, Any]:
-        return {"best_val_accuracy": best_val_accuracy, "config": config.to_dict()}
+        return {"best_val_accuracy": best_val_accuracy, "config": config.to_dict(), "early_stopping": early.state_dict()}
 
     def run_eval(step: int) -> float:
-        nonlocal best_val_accuracy
+        nonlocal best_val_accuracy, state
         report = evaluate_split(eval_step, state, data.val, tc.eval_batch_size, mesh, config.model.num_classes)
         writer.scalars(step, {k: report[k] for k in ("accuracy", "macro_precision", "macro_recall", "reference_f1", "macro_f1")}, prefix="val/")
-        if report["accuracy"] > best_val_accuracy:
+        _log_confusion_matrix(writer, report, config.model.num_classes, step)
+        improved = report["accuracy"] > best_val_accuracy
+        early.record(step, improved)
+        if improved:
             best_val_accuracy = report["accuracy"]
             checkpointer.save_best(step, state, next_position, meta())
+        if plateau is not None:
+            state = state.replace(opt_state=stopping.plateau_update(plateau, state.opt_state, report["accuracy"]))
+            writer.scalars(step, {"learning_rate_scale": float(stopping.lr_scale(state.opt_state))}, prefix="val/")
         return report["accuracy"]
 
     progress = _progress(start_step, tc.num_steps, enabled=is_main)
@@ -527,7 +540,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
             # a batch.
             next_position = train_iter.get_state()
             host_batch = next(train_iter) if start_step < tc.num_steps else None
-            while step < tc.num_steps:
+            while step < tc.num_steps and not early.should_stop:
                 t0 = time.perf_counter()
                 global_batch = sharding.host_to_global(host_batch, mesh)
                 state, metrics = train_step(state, global_batch)
@@ -569,11 +582,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
                         state = state.replace(batch_stats=jax.block_until_ready(recalibrate_bn(state)))
                         timer.precise_bn_s += time.perf_counter() - t_bn
                     run_eval(step)
-                if step % tc.checkpoint_every == 0 or step == tc.num_steps or stop:
+                if step % tc.checkpoint_every == 0 or step == tc.num_steps or stop or early.should_stop:
                     checkpointer.save(step, state, next_position, meta(), force=True)
                     last_saved = step
                 if stop:
                     break
+                if early.should_stop:
+                    writer.scalars(step, {"early_stopped": 1.0}, prefix="train/")
         progress.close()
         checkpointer.wait()
 
@@ -582,6 +597,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         writer.close()
         checkpointer.close()
         return {"stopped_at_step": step, "signal": stop.signal_name}
+
+    stopped_early = early.reason(step, best_val_accuracy) if early.should_stop else None
+    if stopped_early:
+        print(stopped_early, flush=True)
 
     # --------------------------------------------------- final evaluation
     best = checkpointer.restore_best(abstract_state)
@@ -596,6 +615,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         "first_step_s": compile_s,
         "train_images_per_s": timer.images / timer.total_s if timer.total_s else None,
     }
+    if early.patience:
+        summary["early_stopping"] = {**early.state_dict(), "patience": early.patience, "stopped": stopped_early}
     writer.scalars(step, {"accuracy": summary["test"]["accuracy"], "reference_f1": summary["test"]["reference_f1"]}, prefix="test/")
     if is_main:
         _write_json(workdir / "eval" / "metrics.json", summary)
@@ -683,6 +704,15 @@ def _log_images(writer: MetricWriter, eval_step, state: TrainState, arrays: Mapp
     if "attention" in outputs:
         panels["images/attention"] = jax.nn.sigmoid(outputs["attention"]).mean(-1)
     writer.images(step, panels)
+
+
+def _log_confusion_matrix(writer: MetricWriter, report: Mapping[str, Any], num_classes: int, step: int) -> None:
+    """The validation confusion matrix as a TensorBoard image (``val/confusion_matrix``)."""
+    if not writer.enabled:
+        return
+    title = f"val step {step}: accuracy {report['accuracy']:.3f}"
+    image = plots.confusion_matrix_image(np.asarray(report["confusion_matrix"]), EXPRESSION_NAMES[:num_classes], title)
+    writer.images(step, {"val/confusion_matrix": image[None]})
 
 
 def _progress(start: int, total: int, *, enabled: bool):
