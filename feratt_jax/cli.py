@@ -110,12 +110,33 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
+    from feratt_jax.export import FORMATS
+
+    p = subparsers.add_parser("export", help="a trained model as a serialized inference function (StableHLO) for serving")
+    p.add_argument("--workdir", required=True, help="feratt train workdir (its best checkpoint) or model export")
+    p.add_argument("--format", choices=FORMATS, default="stablehlo")
+    p.add_argument("--out", required=True, help="output folder (feratt.stablehlo, export.json, load_feratt.py)")
+    p.add_argument("--platforms", default=None, help="lowering platforms, e.g. cpu,cuda (default: this machine's)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from feratt_jax.export import export_model
+
+    platforms = tuple(args.platforms.split(",")) if args.platforms else None
+    spec = export_model(args.workdir, args.out, format=args.format, platforms=platforms)
+    print(f"wrote {args.out}: {spec['model']} step {spec['step']}, input {spec['input_shape']}, outputs {spec['outputs']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="feratt", description="FERAtt in JAX/Flax")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_info(subparsers)
     _add_train(subparsers)
     _add_eval(subparsers)
+    _add_export(subparsers)
     # Each registers its arguments only; the heavy imports (torch, the
     # renderer, the benchmark) happen when the subcommand runs.
     add_data_subcommands(subparsers)

@@ -361,3 +361,60 @@ def test_convert_round_trip_and_eval_of_the_export(trained, cache_dir, tmp_path,
     # final evaluation of its best checkpoint.
     original = json.loads((trained / "eval" / "metrics.json").read_text())["test"]
     assert report["confusion_matrix"] == original["confusion_matrix"]
+
+
+def test_export_stablehlo_matches_the_model_for_any_batch_and_its_loader_needs_only_jax(trained, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    import jax
+
+    from feratt_jax.evaluate import LoadedRun
+    from feratt_jax.export import load_exported
+
+    pytest.importorskip("flatbuffers", reason="feratt export needs the [export] extra (flatbuffers)")
+
+    out = tmp_path / "served"
+    assert main(["export", "--workdir", str(trained), "--out", str(out)]) == 0
+    spec = json.loads((out / "export.json").read_text())
+    assert spec["input_shape"][0] == "B" and spec["outputs"]["logits"] == ["B", str(len(spec["class_names"]))]
+    run = LoadedRun(trained)
+    served = load_exported(out)
+    rng = np.random.default_rng(0)
+    for batch in (1, 3):  # one serialized function, any batch size
+        x = rng.random((batch, run.image_size, run.image_size, 3), dtype=np.float32)
+        want = jax.device_get(run.eval_step(run.state.params, run.state.batch_stats, x))
+        got = served(x)
+        assert set(got) == {"logits", "probabilities", "attention"}
+        np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-5, atol=1e-5)
+        z = np.exp(want["logits"] - want["logits"].max(-1, keepdims=True))
+        np.testing.assert_allclose(got["probabilities"], z / z.sum(-1, keepdims=True), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got["attention"], 1.0 / (1.0 + np.exp(-want["attention"])), rtol=1e-5, atol=1e-6)
+    # The shipped loader, in a fresh interpreter: the labels of the last batch, without feratt_jax.
+    np.save(tmp_path / "x.npy", x)
+    code = (
+        "import runpy, sys; sys.argv = [sys.argv[1], sys.argv[2]]; runpy.run_path(sys.argv[0], run_name='__main__'); "
+        "assert 'feratt_jax' not in sys.modules, 'the loader imported feratt_jax'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(out / "load_feratt.py"), str(tmp_path / "x.npy")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str([spec["class_names"][i] for i in want["logits"].argmax(-1)])
+
+
+def test_export_bad_inputs_are_one_line_and_write_nothing(tmp_path, capsys):
+    from feratt_jax import configs
+
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    (untrained / "config.json").write_text(json.dumps(configs.load_config(GMM_TINY).to_dict()))
+    (untrained / "checkpoints").mkdir()  # an interrupted start: the folder, no step in it
+    for workdir, fmt, expected in [
+        (untrained, "stablehlo", f"{untrained} holds no checkpoint (checkpoints/ and best/ are empty): nothing to export"),
+        (tmp_path / "nowhere", "stablehlo", f"{tmp_path / 'nowhere'} is neither a feratt train workdir (no config.json) nor a model export"),
+        (untrained, "onnx", "--format onnx is not available: jax2onnx 0.13-0.17 require orbax-checkpoint<0.11.37"),
+    ]:
+        assert main(["export", "--workdir", str(workdir), "--format", fmt, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"feratt export: error: {expected}"), err
+    assert not (tmp_path / "out").exists()
