@@ -362,20 +362,32 @@ def add_predict_subcommand(subparsers: argparse._SubParsersAction) -> argparse.A
     """
     p = subparsers.add_parser(
         "predict",
-        help="find the face in photos, classify its expression, write attention overlays",
+        help="find the face in photos (or every frame of a video), classify its expression, write attention overlays",
     )
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="photos (PNG, JPEG, ...)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="photos (PNG, JPEG, ...) or videos (.mp4, ...: per-frame CSV + annotated video)")
     p.add_argument("--workdir", required=True, help="feratt train workdir or model export")
     p.add_argument("--out", default=None, help="folder for overlay PNGs and predictions.json (default WORKDIR/predict)")
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="crop margin per side, as a share of the face box")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of one line per image")
+    p.add_argument("--smooth", type=float, default=0.0, help="video: moving-average weight of past frames' probabilities, in [0, 1) (0: off)")
+    p.add_argument("--batch-size", type=int, default=32, help="video: frames classified per device batch")
+    p.add_argument("--no-progress", action="store_true", help="video: no progress bar")
     p.set_defaults(func=run_predict)
     return p
 
 
 def run_predict(args: argparse.Namespace) -> int:
     """Handler of ``feratt predict``."""
-    results = predict_images(args.images, args.workdir, out=args.out, margin=args.margin)
+    from feratt_jax import video
+
+    for clip in [p for p in args.images if video.is_video(p)]:
+        done = video.predict_video(clip, args.workdir, out=args.out, margin=args.margin, smooth=args.smooth,
+                                   batch_size=args.batch_size, progress=not args.no_progress)
+        print(f"{clip}: {done['frames']} frames at {done['fps']:g} fps -> {done['csv']}, {done['video']}")
+    photos = [p for p in args.images if not video.is_video(p)]
+    if not photos:
+        return 0
+    results = predict_images(photos, args.workdir, out=args.out, margin=args.margin)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
