@@ -111,16 +111,25 @@ def _cascade():
     return _CASCADE
 
 
-def detect_faces(grey: np.ndarray) -> list[tuple[int, int, int, int]]:
+def detect_faces(grey: np.ndarray, backend: str = "auto") -> list[tuple[int, int, int, int]]:
     """Faces found by the cascade, as (row, col, height, width) boxes in ``grey``'s pixels.
 
     Args:
       grey: (H, W) grey image in [0, 1].
+      backend: "opencv" (OpenCV's bundled Haar cascades, extra ``[detect]``),
+        "lbp" (scikit-image's LBP cascade), or "auto": OpenCV when installed.
 
     Returns:
       Boxes, largest first.
     """
     from skimage import transform
+
+    from feratt_jax import face_detect
+
+    if backend not in face_detect.BACKENDS:
+        raise ValueError(f"face detector must be one of {face_detect.BACKENDS}, got {backend!r}")
+    if backend == "opencv" or (backend == "auto" and face_detect.opencv_available()):
+        return face_detect.detect_faces_opencv(grey)
 
     h, w = grey.shape
     scale = min(1.0, _DETECT_MAX_SIDE / max(h, w))
