@@ -273,6 +273,10 @@ def test_early_stopping_and_plateau_survive_resume(cache_dir, tmp_path, capsys):
     assert stop["evals_without_improvement"] == 2 and stop["best_step"] == straight["step"] - 2
     a, _ = _params(tmp_path / "straight", config(12))
     assert float(a.opt_state[-1].scale) < 1.0  # the plateau cut the rate at least once
+    # The validation confusion matrix went to TensorBoard as an image at each evaluation (eval_every=1).
+    events = b"".join(p.read_bytes() for p in (tmp_path / "straight" / "tensorboard").glob("events*"))
+    assert events.count(b"val/confusion_matrix") == straight["step"]
+    assert '"train/early_stopped": 1.0' in (tmp_path / "straight" / "metrics.jsonl").read_text()
 
     # The same run, stopped one step before the early stop and resumed: it stops at the same step
     # with the same weights and plateau state.
