@@ -24,8 +24,7 @@ def _pyplot():
     return plt
 
 
-def confusion_matrix_png(path: str | pathlib.Path, matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> None:
-    """Row-normalised confusion matrix (rows = truth) with counts in each cell."""
+def _confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], title: str):
     plt = _pyplot()
     matrix = np.asarray(matrix, np.float64)
     rows = matrix.sum(axis=1, keepdims=True)
@@ -42,8 +41,24 @@ def confusion_matrix_png(path: str | pathlib.Path, matrix: np.ndarray, class_nam
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title)
     fig.tight_layout()
+    return fig
+
+
+def confusion_matrix_png(path: str | pathlib.Path, matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> None:
+    """Row-normalised confusion matrix (rows = truth) with counts in each cell."""
+    fig = _confusion_matrix_figure(matrix, class_names, title)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
+
+
+def confusion_matrix_image(matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> np.ndarray:
+    """The figure of :func:`confusion_matrix_png` as an (H, W, 3) float image in [0, 1] (for TensorBoard)."""
+    fig = _confusion_matrix_figure(matrix, class_names, title)
+    fig.set_dpi(80)
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    _pyplot().close(fig)
+    return rgba[..., :3].astype(np.float32) / 255.0
 
 
 def image_grid_png(path: str | pathlib.Path, columns: Mapping[str, np.ndarray], row_labels: Sequence[str] = ()) -> None:
