@@ -32,7 +32,7 @@ def _initialize_distributed(requested: bool, config) -> None:
 
 
 # ==========================================================================
-# info, train, eval
+# info, train, eval, export
 # ==========================================================================
 
 
@@ -119,6 +119,26 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
+    from feratt_jax.export import FORMATS  # names only: export.py imports jax inside its functions
+
+    p = subparsers.add_parser("export", help="a trained model as a serialized inference function (StableHLO) for serving")
+    p.add_argument("--workdir", required=True, help="feratt train workdir (its best checkpoint) or model export")
+    p.add_argument("--format", choices=FORMATS, default="stablehlo")
+    p.add_argument("--out", required=True, help="output folder (feratt.stablehlo, export.json, load_feratt.py)")
+    p.add_argument("--platforms", default=None, help="lowering platforms, e.g. cpu,cuda (default: this machine's)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from feratt_jax.export import export_model
+
+    platforms = tuple(args.platforms.split(",")) if args.platforms else None
+    spec = export_model(args.workdir, args.out, format=args.format, platforms=platforms)
+    print(f"wrote {args.out}: {spec['model']} step {spec['step']}, input {spec['input_shape']}, outputs {spec['outputs']}")
+    return 0
+
+
 # ==========================================================================
 # data preview, data prepare
 # ==========================================================================
@@ -148,13 +168,18 @@ def _add_data(subparsers: argparse._SubParsersAction) -> None:
 
     pr = sub.add_parser(
         "prepare",
-        help="convert a real dataset (CK+, JAFFE, BU-3DFE, FER2013, FER+, AffectNet, RAF-DB) into aligned faces",
+        help="convert a real dataset (CK+, JAFFE, BU-3DFE, FER2013, FER+, AffectNet, RAF-DB, or a class-per-folder tree) into aligned faces",
         description="Parse a dataset's native layout, align every face into a 128x128 dark face and write the "
         "records that --config.data.source reads. Interrupted conversions resume.",
     )
-    from feratt_jax.data.real import DATASETS, FORMAT_CHOICES  # names only: no JAX, no converters
+    from feratt_jax.data.real import FOLDER, FORMAT_CHOICES, PREPARE_DATASETS  # names only: no JAX, no converters
 
-    pr.add_argument("--dataset", required=True, choices=DATASETS, help="which native layout --raw-dir holds")
+    pr.add_argument(
+        "--dataset",
+        required=True,
+        choices=PREPARE_DATASETS,
+        help=f"which native layout --raw-dir holds ({FOLDER}: DIR/<class>/*.png or DIR/{{train,val,test}}/<class>/)",
+    )
     pr.add_argument("--raw-dir", required=True, help="the dataset as downloaded from its provider")
     pr.add_argument(
         "--out",
@@ -173,6 +198,12 @@ def _add_data(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("--landmarks-csv", default=None, help="CSV path,x0,y0,...,x67,y67 of 68-point landmarks per image")
     pr.add_argument("--frames-per-sequence", type=int, default=3, help="CK+: peak frames per sequence (default 3)")
     pr.add_argument("--min-intensity", type=int, default=1, help="BU-3DFE: lowest expression intensity kept, 1-4")
+    pr.add_argument(
+        "--class-map",
+        default=None,
+        help=f"{FOLDER}: NAME=LABEL,... for class folders named otherwise (LABEL: an expression name, 0-7, or drop)",
+    )
+    pr.add_argument("--subjects-csv", default=None, help=f"{FOLDER}: CSV path,subject (path relative to --raw-dir)")
     pr.add_argument("--overwrite", action="store_true", help="replace a different (or finished) conversion in --out")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.set_defaults(func=_run_data_prepare)
@@ -206,6 +237,8 @@ def _run_data_prepare(args: argparse.Namespace) -> int:
         min_intensity=args.min_intensity,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        class_map=args.class_map,
+        subjects_csv=args.subjects_csv,
     )
     print(report.summary())
     return 0
@@ -375,20 +408,37 @@ def _run_represent(args: argparse.Namespace) -> int:
 
 
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("predict", help="find the face in photos, classify its expression, write attention overlays")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="photos (PNG, JPEG, ...)")
+    p = subparsers.add_parser(
+        "predict",
+        help="find the face in photos (or every frame of a video), classify its expression, write attention overlays",
+    )
+    p.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="photos (PNG, JPEG, ...) or videos (.mp4, ...: per-frame CSV + annotated video)"
+    )
     p.add_argument("--workdir", required=True, help="feratt train workdir or model export")
     p.add_argument("--out", default=None, help="folder for overlay PNGs and predictions.json (default WORKDIR/predict)")
     p.add_argument("--margin", type=float, default=None, help="crop margin per side, as a share of the face box (default 0.25)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of one line per image")
+    p.add_argument("--smooth", type=float, default=0.0, help="video: moving-average weight of past frames' probabilities, in [0, 1) (0: off)")
+    p.add_argument("--batch-size", type=int, default=32, help="video: frames classified per device batch")
+    p.add_argument("--no-progress", action="store_true", help="video: no progress bar")
     p.set_defaults(func=_run_predict)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from feratt_jax import video
     from feratt_jax.predict import predict_images
 
     margin = {} if args.margin is None else {"margin": args.margin}
-    results = predict_images(args.images, args.workdir, out=args.out, **margin)
+    for clip in [p for p in args.images if video.is_video(p)]:
+        done = video.predict_video(
+            clip, args.workdir, out=args.out, smooth=args.smooth, batch_size=args.batch_size, progress=not args.no_progress, **margin
+        )
+        print(f"{clip}: {done['frames']} frames at {done['fps']:g} fps -> {done['csv']}, {done['video']}")
+    photos = [p for p in args.images if not video.is_video(p)]
+    if not photos:
+        return 0
+    results = predict_images(photos, args.workdir, out=args.out, **margin)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -440,7 +490,7 @@ def _run_kfold(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="feratt", description="FERAtt in JAX/Flax")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_info, _add_train, _add_eval, _add_data, _add_convert, _add_bench, _add_represent, _add_predict, _add_kfold):
+    for add in (_add_info, _add_train, _add_eval, _add_export, _add_data, _add_convert, _add_bench, _add_represent, _add_predict, _add_kfold):
         add(subparsers)
     return parser
 

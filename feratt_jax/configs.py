@@ -69,9 +69,13 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     c.optimizer.eps = 1e-8
     c.optimizer.weight_decay = 0.0  # torch Adam's L2 term, added to the gradient before the moments
     c.optimizer.decoupled_weight_decay = 0.0  # torch AdamW's decay, added after the Adam direction
-    c.optimizer.schedule = "constant"  # or "cosine", or "step" (StepLR: see step_size, step_gamma)
+    c.optimizer.schedule = "constant"  # or "cosine", "step" (StepLR: see step_size, step_gamma), or "plateau"
     c.optimizer.step_size = 0  # schedule "step": multiply the rate by step_gamma every step_size steps
     c.optimizer.step_gamma = 0.1
+    # schedule "plateau": multiply the rate by plateau_factor after plateau_patience evaluations
+    # without a better validation accuracy (optax.contrib.reduce_on_plateau)
+    c.optimizer.plateau_factor = 0.1
+    c.optimizer.plateau_patience = 5
     c.optimizer.warmup_steps = 0
     c.optimizer.grad_clip_norm = 0.0  # 0 = off
 
@@ -114,6 +118,9 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     # `feratt train` ends by writing the test confusion matrix and the
     # attention/reconstruction grid of the best checkpoint to workdir/eval/.
     c.train.final_figures = False
+    # Stop after this many evaluations without a better validation accuracy (0 = never); the best
+    # checkpoint is what the final evaluation uses either way.
+    c.train.early_stopping_patience = 0
     c.train.profile = False
     c.train.init_from = ""  # a model export dir (feratt convert) or another run's workdir
     c.train.distributed = False

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from feratt_jax import configs, optimizers, sharding, step
+from feratt_jax import configs, optimizers, sharding, step, stopping
 from feratt_jax.data import device, pipeline
 from feratt_jax.models import FERATT_VARIANTS, PAPER_ERA_MODELS, build_model
 from feratt_jax.models.summary import DEFAULT_IMAGE_SIZE
@@ -114,7 +114,19 @@ def make_optimizer(opt_config: ml_collections.ConfigDict, schedule: optax.Schedu
         grad_clip_norm=opt_config.grad_clip_norm,
         weight_decay=opt_config.weight_decay,
         decoupled_weight_decay=opt_config.decoupled_weight_decay,
+        plateau=make_plateau(opt_config),
     )
+
+
+def make_plateau(opt_config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs | None:
+    """``config.optimizer``'s reduce-on-plateau for schedule "plateau" (None otherwise).
+
+    The optimizer holds its scale; the trainer advances its state with
+    :func:`feratt_jax.stopping.plateau_update` after each evaluation.
+    """
+    if opt_config.schedule != stopping.PLATEAU_SCHEDULE:
+        return None
+    return stopping.make_plateau(opt_config.plateau_factor, opt_config.plateau_patience)
 
 
 def loss_options(config: ml_collections.ConfigDict) -> dict[str, Any]:

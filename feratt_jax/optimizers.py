@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from feratt_jax import stopping
+
 
 class TorchAdamState(NamedTuple):
     """Step count and the first, second and max-second moments (max only with AMSGrad)."""
@@ -141,11 +143,14 @@ def learning_rate_schedule(
     """The learning rate per step: constant, cosine decay, or step decay (PyTorch's StepLR),
     after ``warmup_steps`` of linear warmup.
 
+    "plateau" is a constant base rate here: its reductions are a link of the
+    optimizer chain (``make_optimizer(plateau=...)``, :mod:`feratt_jax.stopping`).
+
     "step" multiplies the rate by ``step_gamma`` every ``step_size`` optimizer
     steps (the paper-era reference steps it per epoch: ``step_size`` = epochs
     times batches per epoch). Messages name the ``optimizer.*`` config fields.
     """
-    if name == "constant":
+    if name in ("constant", stopping.PLATEAU_SCHEDULE):
         schedule = optax.constant_schedule(learning_rate)
     elif name == "cosine":
         schedule = optax.cosine_decay_schedule(learning_rate, max(num_steps - warmup_steps, 1))
@@ -156,7 +161,7 @@ def learning_rate_schedule(
             raise ValueError(f"optimizer.step_gamma must be in (0, 1], got {step_gamma!r}")
         schedule = optax.exponential_decay(learning_rate, transition_steps=step_size, decay_rate=step_gamma, staircase=True)
     else:
-        raise ValueError(f"optimizer.schedule must be constant, cosine or step, got {name!r}")
+        raise ValueError(f"optimizer.schedule must be constant, cosine, step or plateau, got {name!r}")
     if warmup_steps:
         warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
         schedule = optax.join_schedules([warmup, schedule], [warmup_steps])
@@ -174,12 +179,17 @@ def make_optimizer(
     grad_clip_norm: float = 0.0,
     weight_decay: float = 0.0,
     decoupled_weight_decay: float = 0.0,
+    plateau: optax.GradientTransformationExtraArgs | None = None,
 ) -> optax.GradientTransformation:
     """PyTorch's Adam (amsgrad by default, as the reference), optional decay and clipping.
 
     The defaults are the reference's ``Adam(lr, amsgrad=True)``.
     ``weight_decay`` is torch Adam's L2 term, ``decoupled_weight_decay``
     AdamW's decay (:func:`scale_by_torch_adam_with_decay`).
+    ``plateau`` (:func:`feratt_jax.stopping.make_plateau`) appends its scale
+    as the last link, where :func:`feratt_jax.stopping.lr_scale` and
+    :func:`~feratt_jax.stopping.plateau_update` find its state; the trainer
+    advances it once per evaluation.
     """
     if name != "adam":
         raise ValueError(f"optimizer.name {name!r} is not supported (adam)")
@@ -188,6 +198,8 @@ def make_optimizer(
         chain.append(optax.clip_by_global_norm(grad_clip_norm))
     chain.append(scale_by_torch_adam_with_decay(b1, b2, eps, amsgrad, weight_decay, decoupled_weight_decay))
     chain.append(optax.scale_by_learning_rate(schedule))
+    if plateau is not None:
+        chain.append(stopping.scale_by_plateau(plateau))
     return optax.chain(*chain)
 
 

@@ -30,8 +30,8 @@ def new_figure(figsize: tuple[float, float], nrows: int = 1, ncols: int = 1, **s
     return fig, (fig.subplots(nrows, ncols, **subplots_kw) if nrows else None)
 
 
-def confusion_matrix_png(path: str | pathlib.Path, matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> None:
-    """Row-normalised confusion matrix (rows = truth) with counts in each cell."""
+def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], title: str = ""):
+    """Row-normalised confusion matrix (rows = truth) with counts in each cell, as a ``Figure``."""
     matrix = np.asarray(matrix, np.float64)
     rows = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
@@ -47,7 +47,22 @@ def confusion_matrix_png(path: str | pathlib.Path, matrix: np.ndarray, class_nam
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title)
     fig.tight_layout()
+    return fig
+
+
+def confusion_matrix_png(path: str | pathlib.Path, matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> None:
+    """Row-normalised confusion matrix (rows = truth) with counts in each cell."""
+    fig = confusion_matrix_figure(matrix, class_names, title)
     fig.savefig(path, dpi=110)
+
+
+def confusion_matrix_image(matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> np.ndarray:
+    """The figure of :func:`confusion_matrix_png` as an (H, W, 3) float image in [0, 1] (for TensorBoard)."""
+    fig = confusion_matrix_figure(matrix, class_names, title)
+    fig.set_dpi(80)
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    return rgba[..., :3].astype(np.float32) / 255.0
 
 
 def image_grid_png(path: str | pathlib.Path, columns: Mapping[str, np.ndarray], row_labels: Sequence[str] = ()) -> None:

@@ -113,16 +113,25 @@ def _cascade():
     return _CASCADE
 
 
-def detect_faces(grey: np.ndarray) -> list[tuple[int, int, int, int]]:
+def detect_faces(grey: np.ndarray, backend: str = "auto") -> list[tuple[int, int, int, int]]:
     """Faces found by the cascade, as (row, col, height, width) boxes in ``grey``'s pixels.
 
     Args:
       grey: (H, W) grey image in [0, 1].
+      backend: "opencv" (OpenCV's bundled Haar cascades, extra ``[detect]``),
+        "lbp" (scikit-image's LBP cascade), or "auto": OpenCV when installed.
 
     Returns:
       Boxes, largest first.
     """
     from skimage import transform
+
+    from feratt_jax import face_detect
+
+    if backend not in face_detect.BACKENDS:
+        raise ValueError(f"face detector must be one of {face_detect.BACKENDS}, got {backend!r}")
+    if backend == "opencv" or (backend == "auto" and face_detect.opencv_available()):
+        return face_detect.detect_faces_opencv(grey)
 
     h, w = grey.shape
     scale = min(1.0, _DETECT_MAX_SIDE / max(h, w))
@@ -183,8 +192,10 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _predict_batch(run: Any, images_BHWC: np.ndarray) -> dict[str, np.ndarray]:
-    """Model outputs for a few images, padded to a multiple of the device count only.
+def classify_crops(run: Any, crops_BHW: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Class probabilities (float64) and attention maps (None without attention) of grey face crops.
+
+    The batch is padded to a multiple of the device count only.
 
     ``LoadedRun.predict`` pads to the run's eval batch (128 for the real
     configs): wasteful on a CPU for one photo, so the batch here is the
@@ -194,10 +205,11 @@ def _predict_batch(run: Any, images_BHWC: np.ndarray) -> dict[str, np.ndarray]:
     # The mesh spans every device of every process, so its size is a
     # multiple of the process count too.
     multiple = int(run.mesh.devices.size)
-    batch = -(-images_BHWC.shape[0] // multiple) * multiple
-    return predict_dataset(
-        run.eval_step, run.state, {"image": images_BHWC}, batch, run.mesh, keep=("logits", "attention")
-    )
+    batch = -(-crops_BHW.shape[0] // multiple) * multiple
+    # Grey (B, H, W, 1): the eval step makes it RGB.
+    outputs = predict_dataset(run.eval_step, run.state, {"image": crops_BHW[..., None]}, batch, run.mesh, keep=("logits", "attention"))
+    attention = attention_map(outputs["attention"]) if "attention" in outputs else None
+    return _softmax(outputs["logits"].astype(np.float64)), attention
 
 
 def overlay_png(
@@ -300,11 +312,7 @@ def predict_images(
     for path, face in zip(images, faces):
         if not face.detected:
             warn(f"warning: no face found in {path}; classifying the whole image")
-    outputs = _predict_batch(run, np.stack([f.crop for f in faces])[..., None])  # grey: the eval step makes it RGB
-    probs = _softmax(outputs["logits"].astype(np.float64))
-    attention = None
-    if "attention" in outputs:
-        attention = attention_map(outputs["attention"])
+    probs, attention = classify_crops(run, np.stack([f.crop for f in faces]))
 
     out_dir = pathlib.Path(out) if out is not None else run.workdir / "predict"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -339,6 +347,4 @@ def predict_images(
     return results
 
 
-# ==========================================================================
-# CLI
-__all__ = ["FaceCrop", "crop_face", "detect_faces", "predict_images", "read_image"]
+__all__ = ["FaceCrop", "classify_crops", "crop_face", "detect_faces", "predict_images", "read_image"]

@@ -21,7 +21,7 @@ import optax
 
 from feratt_jax import losses as losses_lib
 from feratt_jax import metrics as metrics_lib
-from feratt_jax import sharding
+from feratt_jax import sharding, stopping
 from feratt_jax.models.layers import avg_pool, resize_bilinear
 
 
@@ -148,7 +148,8 @@ def make_train_step(
             metrics["gmm_accuracy"] = metrics_lib.nearest_class_mean_accuracy(outputs["embedding"], rendered["label"]) / 100.0
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["param_norm"] = optax.tree.norm(params)
-        metrics["learning_rate"] = schedule(state.step)
+        # The plateau scale lives in the optimizer state (1.0 without a plateau link).
+        metrics["learning_rate"] = schedule(state.step) * stopping.lr_scale(state.opt_state)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_batch_stats, opt_state=opt_state)
         return new_state, metrics
 

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from feratt_jax import factory, precise_bn, runs, sharding, validation, workdir_lock
+from feratt_jax import EXPRESSION_NAMES, factory, plots, precise_bn, runs, sharding, stopping, validation, workdir_lock
 from feratt_jax.checkpointing import Checkpointer
 from feratt_jax.data import pipeline, sampling
 from feratt_jax.metric_writer import MetricWriter
@@ -154,10 +154,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     checkpointer = Checkpointer(workdir, keep=tc.keep_checkpoints)
     restored = checkpointer.restore_latest(training.abstract_state)
     best_val_accuracy = -1.0
+    # --- issue 17: early stopping and the plateau schedule (feratt_jax.stopping)
+    early = stopping.EarlyStopping(int(tc.get("early_stopping_patience", 0)))
+    plateau = factory.make_plateau(config.optimizer)  # the optimizer's own link (None without the plateau schedule)
     if restored is not None:
         state, data_state, meta = restored
         train_iter.set_state(data_state)
         best_val_accuracy = float(meta.get("best_val_accuracy", -1.0))
+        early.load(meta)
         print(f"resumed from {workdir / 'checkpoints'} at step {int(state.step)}", flush=True)
     else:
         state = jax.jit(training.init_state, out_shardings=training.state_sharding)()
@@ -176,15 +180,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     history: list[dict[str, float]] = []
 
     def meta() -> dict[str, Any]:
-        return {"best_val_accuracy": best_val_accuracy, "config": config.to_dict()}
+        return {"best_val_accuracy": best_val_accuracy, "config": config.to_dict(), "early_stopping": early.state_dict()}
 
     def run_eval(step: int) -> float:
-        nonlocal best_val_accuracy
+        nonlocal best_val_accuracy, state
         report = evaluate_split(eval_step, state, data.val, tc.eval_batch_size, mesh, config.model.num_classes)
         writer.scalars(step, {k: report[k] for k in ("accuracy", "macro_precision", "macro_recall", "reference_f1", "macro_f1")}, prefix="val/")
-        if report["accuracy"] > best_val_accuracy:
+        _log_confusion_matrix(writer, report, config.model.num_classes, step)
+        improved = report["accuracy"] > best_val_accuracy
+        early.record(step, improved)
+        if improved:
             best_val_accuracy = report["accuracy"]
             checkpointer.save_best(step, state, next_position, meta())
+        if plateau is not None:
+            state = state.replace(opt_state=stopping.plateau_update(plateau, state.opt_state, report["accuracy"]))
+            writer.scalars(step, {"learning_rate_scale": float(stopping.lr_scale(state.opt_state))}, prefix="val/")
         return report["accuracy"]
 
     progress = _progress(start_step, tc.num_steps, enabled=is_main)
@@ -197,7 +207,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
             # a batch.
             next_position = train_iter.get_state()
             host_batch = next(train_iter) if start_step < tc.num_steps else None
-            while step < tc.num_steps:
+            while step < tc.num_steps and not early.should_stop:
                 t0 = time.perf_counter()
                 global_batch = sharding.host_to_global(host_batch, mesh)
                 state, metrics = train_step(state, global_batch)
@@ -239,11 +249,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
                         state = state.replace(batch_stats=jax.block_until_ready(recalibrate_bn(state)))
                         timer.precise_bn_s += time.perf_counter() - t_bn
                     run_eval(step)
-                if step % tc.checkpoint_every == 0 or step == tc.num_steps or stop:
+                if step % tc.checkpoint_every == 0 or step == tc.num_steps or stop or early.should_stop:
                     checkpointer.save(step, state, next_position, meta(), force=True)
                     last_saved = step
                 if stop:
                     break
+                if early.should_stop:
+                    writer.scalars(step, {"early_stopped": 1.0}, prefix="train/")
         progress.close()
         checkpointer.wait()
 
@@ -252,6 +264,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         writer.close()
         checkpointer.close()
         return {"stopped_at_step": step, "signal": stop.signal_name}
+
+    stopped_early = early.reason(step, best_val_accuracy) if early.should_stop else None
+    if stopped_early:
+        print(stopped_early, flush=True)
 
     # --------------------------------------------------- final evaluation
     best = checkpointer.restore_best(training.abstract_state)
@@ -266,6 +282,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         "first_step_s": compile_s,
         "train_images_per_s": timer.images / timer.total_s if timer.total_s else None,
     }
+    if early.patience:
+        summary["early_stopping"] = {**early.state_dict(), "patience": early.patience, "stopped": stopped_early}
     writer.scalars(step, {"accuracy": summary["test"]["accuracy"], "reference_f1": summary["test"]["reference_f1"]}, prefix="test/")
     if is_main:
         runs.write_json(workdir / "eval" / "metrics.json", summary)
@@ -341,6 +359,15 @@ def _log_images(writer: MetricWriter, eval_step, state: TrainState, arrays: Mapp
     if "attention" in outputs:
         panels["images/attention"] = jax.nn.sigmoid(outputs["attention"]).mean(-1)
     writer.images(step, panels)
+
+
+def _log_confusion_matrix(writer: MetricWriter, report: Mapping[str, Any], num_classes: int, step: int) -> None:
+    """The validation confusion matrix as a TensorBoard image (``val/confusion_matrix``)."""
+    if not writer.enabled:
+        return
+    title = f"val step {step}: accuracy {report['accuracy']:.3f}"
+    image = plots.confusion_matrix_image(np.asarray(report["confusion_matrix"]), EXPRESSION_NAMES[:num_classes], title)
+    writer.images(step, {"val/confusion_matrix": image[None]})
 
 
 def _progress(start: int, total: int, *, enabled: bool):

@@ -30,7 +30,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "loss.variant": tuple(VARIANT_TERMS),
     "loss.mixup_label_mode": ("soft", "reference"),
     "optimizer.name": ("adam",),
-    "optimizer.schedule": ("constant", "cosine", "step"),
+    "optimizer.schedule": ("constant", "cosine", "step", "plateau"),
     "data.mode": pipeline.MODES,
     "data.split": pipeline.SPLITS,
     "data.loader": sampling.LOADERS,
@@ -67,6 +67,8 @@ RANGES: dict[str, tuple[tuple[str, float], ...]] = {
     "optimizer.grad_clip_norm": (_AT_LEAST_0,),
     "optimizer.step_size": (_AT_LEAST_0,),
     "optimizer.step_gamma": (_POSITIVE, ("<=", 1)),
+    "optimizer.plateau_factor": (_POSITIVE, ("<", 1)),
+    "optimizer.plateau_patience": (_AT_LEAST_1,),
     "data.fold": (_AT_LEAST_0,),
     "data.num_folds": (_AT_LEAST_0,),
     "data.val_subjects": ((">=", -1),),
@@ -80,6 +82,7 @@ RANGES: dict[str, tuple[tuple[str, float], ...]] = {
     "train.image_log_every": (_AT_LEAST_0,),
     "train.eval_batch_size": (_AT_LEAST_1,),
     "train.precise_bn_batches": (_AT_LEAST_0,),
+    "train.early_stopping_patience": (_AT_LEAST_0,),
 }
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
     ">=": lambda a, b: a >= b,
@@ -110,6 +113,7 @@ RESUMABLE_CHANGES = {
     "train.distributed",
     "train.init_from",  # read only when a run starts
     "train.final_figures",  # pictures written after training
+    "train.early_stopping_patience",  # like num_steps, how long the run goes on
     "data.cache_dir",
     "data.use_cache",
     "data.bank_workers",
@@ -125,6 +129,9 @@ DEFAULTS_OF_NEWER_FIELDS = {
     "optimizer.step_size": 0,
     "optimizer.step_gamma": 0.1,
     "train.final_figures": False,
+    "train.early_stopping_patience": 0,
+    "optimizer.plateau_factor": 0.1,
+    "optimizer.plateau_patience": 5,
 }
 
 

@@ -361,3 +361,129 @@ def test_convert_round_trip_and_eval_of_the_export(trained, cache_dir, tmp_path,
     # final evaluation of its best checkpoint.
     original = json.loads((trained / "eval" / "metrics.json").read_text())["test"]
     assert report["confusion_matrix"] == original["confusion_matrix"]
+
+
+def test_export_stablehlo_matches_the_model_for_any_batch_and_its_loader_needs_only_jax(trained, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    import jax
+
+    from feratt_jax.export import load_exported
+    from feratt_jax.runs import LoadedRun
+
+    pytest.importorskip("flatbuffers", reason="feratt export needs the [export] extra (flatbuffers)")
+
+    out = tmp_path / "served"
+    assert main(["export", "--workdir", str(trained), "--out", str(out)]) == 0
+    spec = json.loads((out / "export.json").read_text())
+    assert spec["input_shape"][0] == "B" and spec["outputs"]["logits"] == ["B", str(len(spec["class_names"]))]
+    run = LoadedRun(trained)
+    served = load_exported(out)
+    rng = np.random.default_rng(0)
+    for batch in (1, 3):  # one serialized function, any batch size
+        x = rng.random((batch, run.image_size, run.image_size, 3), dtype=np.float32)
+        want = jax.device_get(run.eval_step(run.state.params, run.state.batch_stats, x))
+        got = served(x)
+        assert set(got) == {"logits", "probabilities", "attention"}
+        np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-5, atol=1e-5)
+        z = np.exp(want["logits"] - want["logits"].max(-1, keepdims=True))
+        np.testing.assert_allclose(got["probabilities"], z / z.sum(-1, keepdims=True), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got["attention"], 1.0 / (1.0 + np.exp(-want["attention"])), rtol=1e-5, atol=1e-6)
+    # The shipped loader, in a fresh interpreter: the labels of the last batch, without feratt_jax.
+    np.save(tmp_path / "x.npy", x)
+    code = (
+        "import runpy, sys; sys.argv = [sys.argv[1], sys.argv[2]]; runpy.run_path(sys.argv[0], run_name='__main__'); "
+        "assert 'feratt_jax' not in sys.modules, 'the loader imported feratt_jax'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(out / "load_feratt.py"), str(tmp_path / "x.npy")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str([spec["class_names"][i] for i in want["logits"].argmax(-1)])
+
+
+def test_export_bad_inputs_are_one_line_and_write_nothing(tmp_path, capsys):
+    from feratt_jax import configs
+
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    (untrained / "config.json").write_text(json.dumps(configs.load_config(GMM_TINY).to_dict()))
+    (untrained / "checkpoints").mkdir()  # an interrupted start: the folder, no step in it
+    for workdir, fmt, expected in [
+        (untrained, "stablehlo", f"{untrained} holds no checkpoint (checkpoints/ and best/ are empty): nothing to export"),
+        (tmp_path / "nowhere", "stablehlo", f"{tmp_path / 'nowhere'} is neither a feratt train workdir (no config.json) nor a model export"),
+        (untrained, "onnx", "--format onnx is not available: jax2onnx 0.13-0.17 require orbax-checkpoint<0.11.37"),
+    ]:
+        assert main(["export", "--workdir", str(workdir), "--format", fmt, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"feratt export: error: {expected}"), err
+    assert not (tmp_path / "out").exists()
+
+
+def _composite_clip(path, frames: int = 6, fps: float = 5.0) -> None:
+    """A short video of a synthetic face drifting across a grey canvas, written through imageio-ffmpeg."""
+    import imageio.v2 as iio
+
+    from feratt_jax.data import synthfaces
+
+    rec = synthfaces.generate_face(0, 1, 0)
+    face = np.where(rec["mask"] > 127, rec["image"].astype(float), 110.0)
+    with iio.get_writer(str(path), format="ffmpeg", fps=fps, macro_block_size=1) as writer:
+        for t in range(frames):
+            canvas = np.full((192, 192), 110.0)
+            canvas[24 + 4 * t : 152 + 4 * t, 20 + 6 * t : 148 + 6 * t] = face
+            writer.append_data(np.repeat(canvas.astype(np.uint8)[..., None], 3, -1))
+
+
+def test_predict_video_csv_smoothing_annotated_video_and_bad_video(trained, tmp_path, capsys):
+    import csv
+
+    pytest.importorskip("imageio_ffmpeg", reason="video needs the [video] extra (imageio-ffmpeg)")
+    import imageio.v2 as iio
+
+    from feratt_jax.video import smooth_probabilities
+
+    clip = tmp_path / "clip.mp4"
+    _composite_clip(clip)
+    out = tmp_path / "pred"
+    rows = {}
+    for smooth in (0.0, 0.5):
+        assert main(["predict", str(clip), "--workdir", str(trained), "--out", str(out / str(smooth)),
+                     "--smooth", str(smooth), "--batch-size", "4", "--no-progress"]) == 0
+        with open(out / str(smooth) / "clip.csv") as f:
+            rows[smooth] = list(csv.DictReader(f))
+    plain, smoothed = rows[0.0], rows[0.5]
+    names = list(EXPRESSION_NAMES[:8])
+    assert [r["frame"] for r in plain] == [str(t) for t in range(6)]
+    assert [float(r["time_s"]) for r in plain] == pytest.approx([t / 5.0 for t in range(6)])
+    p = np.array([[float(r[n]) for n in names if n in r] for r in plain])
+    np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
+    # Smoothing is the moving average of the per-frame probabilities, by hand for two frames.
+    s = np.array([[float(r[n]) for n in names if n in r] for r in smoothed])
+    np.testing.assert_allclose(s[1], 0.5 * p[0] + 0.5 * p[1], atol=2e-6)
+    np.testing.assert_allclose(s, smooth_probabilities(p, 0.5), atol=2e-6)
+    # Batched frames (4 + 2) give what `feratt predict` gives for each decoded frame as a photo.
+    decoded = [np.asarray(f) for f in iio.get_reader(str(clip), format="ffmpeg")]
+    pngs = []
+    for t in (0, 5):
+        pngs.append(tmp_path / f"frame{t}.png")
+        iio.imwrite(pngs[-1], decoded[t])
+    capsys.readouterr()
+    assert main(["predict", *map(str, pngs), "--workdir", str(trained), "--out", str(tmp_path / "photos"), "--json"]) == 0
+    photos = json.loads(capsys.readouterr().out)
+    for photo, t in zip(photos, (0, 5)):
+        np.testing.assert_allclose([photo["probabilities"][n] for n in names if n in plain[t]], p[t], atol=1e-5)
+        assert photo["box"] == [int(plain[t][k]) for k in ("box_row", "box_col", "box_height", "box_width")]
+    # The annotated video: every frame, with the box drawn in green where the CSV says.
+    annotated = [np.asarray(f) for f in iio.get_reader(str(out / "0.0" / "clip_annotated.mp4"), format="ffmpeg")]
+    assert len(annotated) == 6 and annotated[0].shape == decoded[0].shape
+    r, c, h, w = (int(plain[0][k]) for k in ("box_row", "box_col", "box_height", "box_width"))
+    edge = annotated[0][r + h // 2, c].astype(int)
+    assert edge[1] > 150 and edge[0] < 100 and edge[2] < 100, edge
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video at all")
+    capsys.readouterr()
+    assert main(["predict", str(broken), "--workdir", str(trained), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"feratt predict: error: cannot read video {broken}"), err

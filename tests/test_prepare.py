@@ -583,3 +583,93 @@ def test_tfds_ckplus_builds_without_tensorflow_and_feeds_the_pipeline(ckplus_raw
     assert next(data.train)["faces"].shape == (4, 128, 128)
     with pytest.raises(FileNotFoundError, match="feratt_ckplus is not built"):
         tfds_builders.load_tfds_bank("ckplus", tmp_path / "empty")
+
+
+# ---------------------------------------------------------------------------
+# Class-per-folder trees (--dataset folder)
+# ---------------------------------------------------------------------------
+
+
+def _folder_tree(raw, classes: dict[str, list[int]]) -> dict[str, int]:
+    """``{folder: [unified labels of its faces]}`` -> PNG faces on a grey canvas; returns ``{source: label}``."""
+    expected = {}
+    for folder, labels in classes.items():
+        (raw / folder).mkdir(parents=True, exist_ok=True)
+        for i, label in enumerate(labels):
+            image, _ = _portrait(_face(i, label), 160, 160, 16, 16)
+            _imsave(raw / folder / f"img{i}.png", image)
+            expected[f"{folder}/img{i}.png"] = label
+    return expected
+
+
+def test_folder_tree_synonyms_corrupt_file_empty_class_and_subjects(tmp_path):
+    raw = tmp_path / "photos"
+    expected = _folder_tree(raw, {"Happy": [1, 1], "angry": [4], "sadness": [3]})
+    (raw / "sadness" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    (raw / "fearful").mkdir()  # an empty class folder: a note, no error
+    csv = tmp_path / "subjects.csv"
+    csv.write_text("path,subject\nHappy/img0.png,ann\nHappy/img1.png,bob\nangry/img0.png,ann\n")
+    report = prep.prepare_dataset("folder", raw, tmp_path / "out", subjects_csv=csv, progress=False)
+    assert report.num_records == 4 and report.num_classes == 7
+    assert list(dict(report.skipped)) == ["sadness/broken.png"]
+    assert "cannot read image" in dict(report.skipped)["sadness/broken.png"]
+    skipped_tsv = (tmp_path / "out" / records.SKIPPED_NAME).read_text().splitlines()
+    assert skipped_tsv[0] == "where\twhy" and skipped_tsv[1].startswith("sadness/broken.png\t")
+    assert any("fearful holds no images" in n for n in report.notes)
+    assert any("3 of 5 images have a subject; the other 2" in n for n in report.notes)
+    bank = records.load_prepared_bank(tmp_path / "out")
+    _check_faces(bank)
+    by_source = dict(zip(bank["source"].tolist(), bank["label"].tolist()))
+    assert by_source == expected
+    subject = dict(zip(bank["source"].tolist(), bank["subject"].tolist()))
+    # Named subjects sorted (ann 0, bob 1); images without a row are their own subjects after them
+    # (sadness/broken.png, listed before img0.png, took 2).
+    assert subject == {"Happy/img0.png": 0, "Happy/img1.png": 1, "angry/img0.png": 0, "sadness/img0.png": 3}
+    assert (bank["partition"] == records.PARTITION_NONE).all()
+
+
+def test_folder_unknown_class_names_stop_and_class_map_maps_them(tmp_path, capsys):
+    from feratt_jax.cli import main as cli_main
+
+    def main(argv):
+        return cli_main(["data", *argv])
+
+    raw = tmp_path / "mine"
+    _folder_tree(raw, {"glad": [1], "neutral": [0], "misc": [2], "contempt": [7]})
+    with pytest.raises(ValueError, match=r"class folder\(s\) glad, misc match no expression.*--class-map glad=LABEL,misc=LABEL"):
+        prep.prepare_dataset("folder", raw, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # stopped before any work
+    rc = main(["prepare", "--dataset", "folder", "--raw-dir", str(raw), "--out", str(tmp_path / "out"),
+               "--class-map", "glad=happiness,misc=drop", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and "wrote 3 folder faces" in printed and "not subject-independent" in printed
+    assert "dropped by protocol: class folder misc (--class-map drop): 1" in printed
+    manifest = records.read_manifest(tmp_path / "out")
+    assert manifest["num_classes"] == 8  # a contempt folder makes it the 8-class order
+    assert manifest["label_counts"] == {"neutral": 1, "happiness": 1, "contempt": 1}
+    rc = main(["prepare", "--dataset", "folder", "--raw-dir", str(raw), "--class-map", "glad=joyful", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'glad=joyful': unknown label 'joyful'" in err and len(err.strip().splitlines()) == 1
+    empty = tmp_path / "empty"
+    (empty / "happy").mkdir(parents=True)
+    rc = main(["prepare", "--dataset", "folder", "--raw-dir", str(empty), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no images" in err and str(empty) in err and len(err.strip().splitlines()) == 1
+
+
+def test_folder_official_split_layout(tmp_path):
+    raw = tmp_path / "fer_images"
+    _folder_tree(raw, {"train/happy": [1, 1], "validation/sad": [3], "test/surprise": [2]})
+    report = prep.prepare_dataset("folder", raw, tmp_path / "out", progress=False)
+    bank = records.load_prepared_bank(tmp_path / "out")
+    assert report.num_records == 4
+    partition = dict(zip(bank["source"].tolist(), bank["partition"].tolist()))
+    assert partition == {
+        "train/happy/img0.png": records.PARTITION_TRAIN,
+        "train/happy/img1.png": records.PARTITION_TRAIN,
+        "validation/sad/img0.png": records.PARTITION_VAL,
+        "test/surprise/img0.png": records.PARTITION_TEST,
+    }
+    (raw / "happy").mkdir()
+    with pytest.raises(ValueError, match="mixes split folders"):
+        prep.prepare_dataset("folder", raw, tmp_path / "out2", progress=False)

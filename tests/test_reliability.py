@@ -133,7 +133,7 @@ def test_bad_value_stops_before_any_work_with_a_suggestion(tmp_path, capsys):
     rc = cli.main(["train", "--config", TINY, "--workdir", str(workdir), "--config.optimizer.schedule", "cosin"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
-    assert "optimizer.schedule must be one of ['constant', 'cosine', 'step'], got 'cosin' (did you mean 'cosine'?)" in err
+    assert "optimizer.schedule must be one of ['constant', 'cosine', 'step', 'plateau'], got 'cosin' (did you mean 'cosine'?)" in err
     assert not workdir.exists(), "validation must run before anything is written"
 
 
@@ -306,3 +306,29 @@ def test_predict_on_a_non_image_says_it_cannot_decode_it(tmp_path, capsys):
     assert cli.main(["predict", str(fake), "--workdir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"cannot decode {fake} as an image" in err and "pip install" not in err
+
+
+def test_early_stopping_and_plateau_fields_are_checked_and_older_stored_configs_still_resume(tmp_path):
+    config = configs.load_config(TINY)
+    bad = ml_collections.ConfigDict(config.to_dict())
+    bad.optimizer.schedule = "plateau"
+    bad.optimizer.plateau_factor = 1.0
+    bad.optimizer.plateau_patience = 0
+    bad.train.early_stopping_patience = -1
+    with pytest.raises(ValueError) as err:
+        validation.validate(bad)
+    for part in ("optimizer.plateau_factor must be < 1, got 1.0", "optimizer.plateau_patience must be >= 1, got 0",
+                 "train.early_stopping_patience must be >= 0, got -1"):
+        assert part in str(err.value)
+    # A config stored before these fields existed resumes under their defaults ...
+    stored = config.to_dict()
+    del stored["train"]["early_stopping_patience"], stored["optimizer"]["plateau_factor"], stored["optimizer"]["plateau_patience"]
+    validation.check_resume(stored, config, tmp_path)
+    # ... and may lengthen or shorten its patience (like num_steps), but not change the plateau rule.
+    longer = ml_collections.ConfigDict(config.to_dict())
+    longer.train.early_stopping_patience = 4
+    validation.check_resume(stored, longer, tmp_path)
+    other = ml_collections.ConfigDict(config.to_dict())
+    other.optimizer.plateau_factor = 0.5
+    with pytest.raises(ValueError, match=r"optimizer.plateau_factor \('<absent>' -> 0.5\)"):
+        validation.check_resume(stored, other, tmp_path)

@@ -16,6 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import Mesh
 
@@ -216,3 +217,70 @@ def test_bad_override_and_batch_size_errors(cache_dir, tmp_path):
     config.train.batch_size = 12  # 8 devices
     with pytest.raises(ValueError, match="train.batch_size=12 is not divisible by the 8 devices"):
         train_lib.train_and_evaluate(config, tmp_path)
+
+
+# ------------------------------------------------- early stopping, plateau
+
+
+def test_plateau_scale_and_early_stopping_count_evaluations_by_hand():
+    from feratt_jax import stopping
+
+    plateau = stopping.make_plateau(factor=0.5, patience=2)
+    tx = optax.chain(optax.sgd(1.0), stopping.scale_by_plateau(plateau))
+    params = {"w": jnp.ones(3)}
+    opt_state = tx.init(params)
+    early = stopping.EarlyStopping(patience=3)
+    best, scales = -1.0, []
+    # Accuracy 0.5, 0.6, then three evaluations without a better one, then a better one, then two more.
+    for step, acc in enumerate([0.5, 0.6, 0.6, 0.55, 0.6, 0.7, 0.7, 0.7], start=1):
+        early.record(step, acc > best)
+        best = max(best, acc)
+        opt_state = stopping.plateau_update(plateau, opt_state, acc)
+        scales.append(float(stopping.lr_scale(opt_state)))
+        if step == 5:
+            assert early.should_stop and early.best_step == 2 and early.evals_without_improvement == 3
+    # Patience 2: the 2nd evaluation without improvement (step 4) halves the scale, the count restarts,
+    # and step 8 (2nd without improvement after step 6's best) halves it again.
+    assert scales == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.25]
+    assert not early.should_stop and early.state_dict() == {"best_step": 6, "evals_without_improvement": 2}
+    # The train step's updates carry the scale; the plateau state itself only moves at evaluations.
+    updates, after = tx.update({"w": jnp.ones(3)}, opt_state, params)
+    np.testing.assert_allclose(updates["w"], -0.25 * np.ones(3))
+    assert after[-1] == opt_state[-1]
+
+
+def test_early_stopping_and_plateau_survive_resume(cache_dir, tmp_path, capsys):
+    def config(num_steps):
+        c = tiny_config(cache_dir, num_steps=num_steps, checkpoint_every=100, eval_every=1, early_stopping_patience=2)
+        c.optimizer.schedule = "plateau"
+        c.optimizer.plateau_patience = 1
+        c.optimizer.plateau_factor = 0.5
+        return c
+
+    straight = train_lib.train_and_evaluate(config(12), tmp_path / "straight")
+    said = capsys.readouterr().out
+    stop = straight["early_stopping"]
+    assert stop["stopped"] and straight["step"] < 12, straight
+    assert f"early stopping at step {straight['step']}: validation accuracy has not improved for 2 evaluations" in said
+    assert stop["evals_without_improvement"] == 2 and stop["best_step"] == straight["step"] - 2
+    a, _ = _params(tmp_path / "straight", config(12))
+    assert float(a.opt_state[-1].scale) < 1.0  # the plateau cut the rate at least once
+    # The validation confusion matrix went to TensorBoard as an image at each evaluation (eval_every=1).
+    events = b"".join(p.read_bytes() for p in (tmp_path / "straight" / "tensorboard").glob("events*"))
+    assert events.count(b"val/confusion_matrix") == straight["step"]
+    assert '"train/early_stopped": 1.0' in (tmp_path / "straight" / "metrics.jsonl").read_text()
+
+    # The same run, stopped one step before the early stop and resumed: it stops at the same step
+    # with the same weights and plateau state.
+    resumed_dir = tmp_path / "resumed"
+    first = train_lib.train_and_evaluate(config(straight["step"] - 1), resumed_dir)
+    assert "stopped" not in first.get("early_stopping", {}) or not first["early_stopping"]["stopped"]
+    again = train_lib.train_and_evaluate(config(12), resumed_dir)
+    assert again["step"] == straight["step"] and again["early_stopping"] == stop
+    b, _ = _params(resumed_dir, config(12))
+    for x, y in zip(jax.tree.leaves((a.params, a.opt_state)), jax.tree.leaves((b.params, b.opt_state))):
+        np.testing.assert_array_equal(x, y)
+    # Resuming a run that already stopped early trains no further.
+    capsys.readouterr()
+    third = train_lib.train_and_evaluate(config(12), resumed_dir)
+    assert third["step"] == straight["step"] and "early stopping at step" in capsys.readouterr().out

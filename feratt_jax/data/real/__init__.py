@@ -16,6 +16,7 @@ Modules:
   and loading a prepared folder back as a face bank;
 * :mod:`.ckplus`, :mod:`.jaffe`, :mod:`.bu3dfe`, :mod:`.fer2013` (FER2013 and
   FER+), :mod:`.affectnet`, :mod:`.rafdb`: one native layout each;
+* :mod:`.folder`: any class-per-folder image tree;
 * :mod:`.prepare`: dispatch, the conversion loop and the CLI entry.
 
 This package's ``__init__`` imports nothing heavy, so the input pipeline can
@@ -28,5 +29,9 @@ from __future__ import annotations
 DATASETS = ("ckplus", "jaffe", "bu3dfe", "fer2013", "ferplus", "affectnet", "rafdb")
 # Output formats of ``feratt data prepare --format`` (auto: npz or shards by dataset size).
 FORMAT_CHOICES = ("auto", "npz", "shards", "array_record", "npz_shards")
+# ``feratt data prepare --dataset folder``: a class-per-folder tree (:mod:`.folder`). Not a
+# ``data.source`` name: train on the prepared folder's path.
+FOLDER = "folder"
+PREPARE_DATASETS = DATASETS + (FOLDER,)
 # Classes of each dataset (7: no contempt); labels are 0..C-1 of the unified order.
 NUM_CLASSES = {"ckplus": 8, "jaffe": 7, "bu3dfe": 7, "fer2013": 7, "ferplus": 8, "affectnet": 8, "rafdb": 7}

@@ -28,7 +28,20 @@ from typing import Any
 import numpy as np
 
 from feratt_jax import EXPRESSION_NAMES
-from feratt_jax.data.real import DATASETS, FORMAT_CHOICES, affectnet, align, bu3dfe, ckplus, fer2013, jaffe, rafdb, records
+from feratt_jax.data.real import (
+    FOLDER,
+    FORMAT_CHOICES,
+    PREPARE_DATASETS,
+    affectnet,
+    align,
+    bu3dfe,
+    ckplus,
+    fer2013,
+    folder,
+    jaffe,
+    rafdb,
+    records,
+)
 from feratt_jax.data.real.items import Listing, RawItem, read_csv_rows
 
 log = logging.getLogger(__name__)
@@ -95,16 +108,29 @@ class PrepareReport:
 
 
 def list_dataset(
-    dataset: str, raw_dir: pathlib.Path, *, frames_per_sequence: int = 3, min_intensity: int = 1
+    dataset: str,
+    raw_dir: pathlib.Path,
+    *,
+    frames_per_sequence: int = 3,
+    min_intensity: int = 1,
+    class_map: str | None = None,
+    subjects_csv: str | os.PathLike | None = None,
 ) -> Listing:
-    """Dispatches to the dataset's module.
+    """Dispatches to the dataset's module (``class_map`` and ``subjects_csv``: ``folder`` only).
 
     Raises:
       ValueError: unknown dataset.
       FileNotFoundError: the raw folder (or a folder the layout needs) is missing.
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; use one of {DATASETS}")
+    if dataset not in PREPARE_DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; use one of {PREPARE_DATASETS}")
+    if dataset != FOLDER and (class_map or subjects_csv):
+        raise ValueError(f"--class-map and --subjects-csv are for --dataset {FOLDER}, not {dataset}")
+    # Parsed before the folder is read, so a bad map or a missing CSV stops before any work.
+    mapping = folder.parse_class_map(class_map)
+    csv_path = pathlib.Path(subjects_csv).expanduser() if subjects_csv else None
+    if csv_path is not None and not csv_path.is_file():
+        raise FileNotFoundError(f"subjects CSV {csv_path} does not exist")
     if not raw_dir.is_dir():
         raise FileNotFoundError(f"raw folder {raw_dir} does not exist")
     listers: dict[str, Callable[[], Listing]] = {
@@ -115,6 +141,7 @@ def list_dataset(
         "ferplus": lambda: fer2013.list_items_ferplus(raw_dir),
         "affectnet": lambda: affectnet.list_items(raw_dir),
         "rafdb": lambda: rafdb.list_items(raw_dir),
+        FOLDER: lambda: folder.list_items(raw_dir, class_map=mapping, subjects_csv=csv_path),
     }
     return listers[dataset]()
 
@@ -266,14 +293,16 @@ def prepare_dataset(
     min_intensity: int = 1,
     overwrite: bool = False,
     progress: bool = True,
+    class_map: str | None = None,
+    subjects_csv: str | os.PathLike | None = None,
 ) -> PrepareReport:
     """Converts a raw dataset into a prepared folder (resuming an interrupted run).
 
     Args:
-      dataset: one of :data:`feratt_jax.data.real.DATASETS`.
+      dataset: one of :data:`feratt_jax.data.real.PREPARE_DATASETS`.
       raw_dir: the dataset as distributed (see each dataset module).
       out_dir: the prepared folder (default ``records.default_data_dir() / dataset``,
-        where ``data.source=<dataset>`` looks).
+        where ``data.source=<dataset>`` looks; for ``folder``, ``.../folder-<raw folder name>``).
       format: "auto" (one ``.npz`` for small datasets, shards for FER2013,
         FER+ and AffectNet), "npz", "shards", "array_record" or "npz_shards".
       chunk_size: faces per chunk / shard (0: 512 for npz, 4096 for shards).
@@ -284,6 +313,8 @@ def prepare_dataset(
       min_intensity: BU-3DFE lowest expression intensity kept (1-4).
       overwrite: replace an existing or different conversion in ``out_dir``.
       progress: show a progress bar.
+      class_map: ``folder`` only: ``name=label,...`` for class folders with other names.
+      subjects_csv: ``folder`` only: CSV ``path,subject``.
 
     Returns:
       The :class:`PrepareReport`.
@@ -296,7 +327,7 @@ def prepare_dataset(
     from tqdm.auto import tqdm
 
     raw = pathlib.Path(raw_dir).expanduser()
-    out = pathlib.Path(out_dir).expanduser() if out_dir else records.default_data_dir() / dataset
+    out = pathlib.Path(out_dir).expanduser() if out_dir else _default_out(dataset, raw)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     notes: list[str] = []
@@ -305,10 +336,21 @@ def prepare_dataset(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
-    listing = list_dataset(dataset, raw, frames_per_sequence=frames_per_sequence, min_intensity=min_intensity)
+    listing = list_dataset(
+        dataset,
+        raw,
+        frames_per_sequence=frames_per_sequence,
+        min_intensity=min_intensity,
+        class_map=class_map,
+        subjects_csv=subjects_csv,
+    )
     notes += listing.notes
     skips = list(listing.skips)
     options: dict[str, Any] = {"frames_per_sequence": frames_per_sequence, "min_intensity": min_intensity}
+    if dataset == FOLDER:
+        options["class_map"] = class_map or ""
+        options["subjects_csv"] = bool(subjects_csv)
+        notes.append(f"train on it with --config.data.source={out}")
     if landmarks_csv:
         user_landmarks = read_landmarks_csv(pathlib.Path(landmarks_csv).expanduser(), skips)
         matched = 0
@@ -411,6 +453,12 @@ def prepare_dataset(
     )
 
 
+def _default_out(dataset: str, raw: pathlib.Path) -> pathlib.Path:
+    """Where a conversion goes without ``--out`` (a folder tree is named after its raw folder)."""
+    name = f"{FOLDER}-{raw.resolve().name}" if dataset == FOLDER else dataset
+    return records.default_data_dir() / name
+
+
 def _claim_out_dir(out: pathlib.Path, dataset: str, fingerprint: str, overwrite: bool) -> dict[str, Any] | None:
     """Decides what happens to what ``out`` already holds; returns its manifest if it is this exact conversion.
 
@@ -468,7 +516,3 @@ def _read_skipped(out: pathlib.Path) -> list[tuple[str, str]]:
     rows = [line.split("\t", 1) for line in path.read_text().splitlines()[1:] if line]
     return [(r[0], r[1] if len(r) > 1 else "") for r in rows]
 
-
-# ---------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------
