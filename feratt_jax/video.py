@@ -64,9 +64,12 @@ def open_video(path: str | pathlib.Path) -> tuple[Any, float, int]:
 
 
 def _grey(frame: np.ndarray) -> np.ndarray:
-    from feratt_jax.data.real.align import to_grey
+    # The grey of predict.read_image (skimage's rgb2gray), so a frame finds the same face box as a photo.
+    from skimage import color, util
 
-    return (to_grey(frame) / 255.0).astype(np.float64)
+    frame = frame[..., :3] if frame.ndim == 3 else frame
+    grey = color.rgb2gray(frame) if frame.ndim == 3 else util.img_as_float(frame)
+    return np.clip(np.asarray(grey, np.float64), 0.0, 1.0)
 
 
 def smooth_probabilities(probs_TC: np.ndarray, smooth: float) -> np.ndarray:
