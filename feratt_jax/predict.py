@@ -57,6 +57,27 @@ class FaceCrop:
 # ==========================================================================
 
 
+def to_grey(img: np.ndarray, where: object = "image") -> np.ndarray:
+    """A decoded photo or video frame (H, W[, 1|3|4]) as a float64 grey image in [0, 1].
+
+    Photos and video frames go through the same conversion (skimage's
+    ``rgb2gray``), so a frame finds the same face box as the photo it shows.
+    """
+    from skimage import color, util
+
+    if img.ndim == 3 and img.shape[-1] == 4:
+        img = img[..., :3]  # drop alpha
+    if img.ndim == 3 and img.shape[-1] == 3:
+        grey = color.rgb2gray(img)
+    elif img.ndim == 3 and img.shape[-1] == 1:
+        grey = util.img_as_float(img[..., 0])
+    elif img.ndim == 2:
+        grey = util.img_as_float(img)
+    else:
+        raise ValueError(f"cannot read image {where}: unsupported shape {img.shape} (expected a 2-D grey or RGB(A) image)")
+    return np.clip(np.asarray(grey, np.float64), 0.0, 1.0)
+
+
 def read_image(path: str | pathlib.Path) -> np.ndarray:
     """Read a photo as a float grey image in [0, 1].
 
@@ -70,7 +91,7 @@ def read_image(path: str | pathlib.Path) -> np.ndarray:
       FileNotFoundError: the file does not exist.
       ValueError: the file is not a readable image (message names the file).
     """
-    from skimage import color, io, util
+    from skimage import io
 
     path = pathlib.Path(path)
     if not path.exists():
@@ -84,20 +105,10 @@ def read_image(path: str | pathlib.Path) -> np.ndarray:
         # help with a file that is simply not an image.
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(f"cannot decode {path} as an image (unsupported format or corrupt: {reason})") from err
-    img = np.asarray(img)
-    if img.ndim == 3 and img.shape[-1] == 4:
-        img = img[..., :3]  # drop alpha
-    if img.ndim == 3 and img.shape[-1] == 3:
-        grey = color.rgb2gray(img)
-    elif img.ndim == 3 and img.shape[-1] == 1:
-        grey = util.img_as_float(img[..., 0])
-    elif img.ndim == 2:
-        grey = util.img_as_float(img)
-    else:
-        raise ValueError(f"cannot read image {path}: unsupported shape {img.shape} (expected a 2-D grey or RGB(A) image)")
+    grey = to_grey(np.asarray(img), path)
     if min(grey.shape) < 8:
         raise ValueError(f"image {path} is too small ({grey.shape[1]}x{grey.shape[0]} pixels)")
-    return np.clip(np.asarray(grey, np.float64), 0.0, 1.0)
+    return grey
 
 
 _CASCADE = None

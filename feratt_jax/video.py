@@ -63,15 +63,6 @@ def open_video(path: str | pathlib.Path) -> tuple[Any, float, int]:
     return reader, fps, count
 
 
-def _grey(frame: np.ndarray) -> np.ndarray:
-    # The grey of predict.read_image (skimage's rgb2gray), so a frame finds the same face box as a photo.
-    from skimage import color, util
-
-    frame = frame[..., :3] if frame.ndim == 3 else frame
-    grey = color.rgb2gray(frame) if frame.ndim == 3 else util.img_as_float(frame)
-    return np.clip(np.asarray(grey, np.float64), 0.0, 1.0)
-
-
 def smooth_probabilities(probs_TC: np.ndarray, smooth: float) -> np.ndarray:
     """Exponential moving average over frames: ``s_t = smooth * s_{t-1} + (1 - smooth) * p_t`` (s_0 = p_0)."""
     if not 0.0 <= smooth < 1.0:
@@ -152,7 +143,7 @@ def predict_video(
     attention_maps: list[np.ndarray] = []
     with tqdm(total=count or None, disable=not progress, unit="frame", desc=f"predict {path.name}") as bar:
         for frames in _batches(reader, batch_size):
-            faces = [predict.crop_face(_grey(f), run.image_size, margin) for f in frames]
+            faces = [predict.crop_face(predict.to_grey(f, "video frame"), run.image_size, margin) for f in frames]
             batch_probs, batch_attention = predict.classify_crops(run, np.stack([f.crop for f in faces]))
             probs.append(batch_probs)
             if batch_attention is not None:
