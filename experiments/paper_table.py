@@ -20,7 +20,7 @@ table records every override, so a smaller run never passes for the full one.
 
     # The CPU table committed under experiments/results/paper_table_cpu/ (hours on 2 cores;
     # evaluated with BN running averages, the reference's protocol):
-    python experiments/paper_table.py --size quick --folds 5 --set train.precise_bn_batches=0 \
+    python experiments/paper_table.py --size quick --steps 800 --folds 5 --set train.precise_bn_batches=0 \
         --workdir runs/paper_table --out experiments/results/paper_table_cpu
     # The paper-era model (reference commit 53fd5e4) too:
     python experiments/paper_table.py --size quick --folds 1 --methods ferattention_2019 \
