@@ -85,7 +85,7 @@ def _run_workers(
             out = os.path.join(tmp, f"part{k}.npz")
             job = {"out": out, "first": chunk[0], "count": len(chunk), "intensities": intensities, "seed": seed}
             job.update(num_classes=num_classes, config=cfg)
-            cmd = [sys.executable, "-m", "feratt_jax.data.facebank", json.dumps(job)]
+            cmd = [sys.executable, "-m", "feratt_jax.data.facebank", json.dumps(job, default=int)]  # subject ids may be numpy ints
             procs.append((subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), out))
         parts = []
         for proc, out in procs:
