@@ -100,10 +100,13 @@ def scale_by_torch_adam_with_decay(
         the step shrinks every weight by ``lr * decoupled_weight_decay * p``
         whatever its gradient history (Loshchilov & Hutter).
     """
-    chain = []
-    if weight_decay:
-        chain.append(optax.add_decayed_weights(weight_decay))
-    chain.append(scale_by_torch_adam(b1, b2, eps, amsgrad))
+    adam = scale_by_torch_adam(b1, b2, eps, amsgrad)
+    if not (weight_decay or decoupled_weight_decay):
+        # Without decay the optimizer state keeps the layout it had before the
+        # two decays were split, so workdirs checkpointed then still resume.
+        return adam
+    chain = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+    chain.append(adam)
     if decoupled_weight_decay:
         chain.append(optax.add_decayed_weights(decoupled_weight_decay))
     return optax.chain(*chain)
