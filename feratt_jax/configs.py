@@ -164,6 +164,16 @@ def set_num_steps(c: ml_collections.ConfigDict, num_steps: int) -> None:
     c.train.num_steps = num_steps
 
 
+def narrow_feratt(c: ml_collections.ConfigDict) -> None:
+    """The CPU widths of FERAtt: U-Net decoder 32 -> 8 filters, feature branch 8 -> 2 blocks, classifier 64 -> 16.
+
+    The ResNet-34 encoder keeps its widths. Baselines read none of these options.
+    """
+    c.model.num_filters = 8
+    c.model.backbone_width = 16
+    c.model.num_feature_blocks = 2
+
+
 def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Shrink a config to a CPU run of minutes (the README's main job).
 
@@ -180,9 +190,7 @@ def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     configs keep their own architecture; only the FERAtt options shrink.
     The full configs keep every reference setting.
     """
-    c.model.num_filters = 8
-    c.model.backbone_width = 16
-    c.model.num_feature_blocks = 2
+    narrow_feratt(c)
     c.model.input_standardization = True
     c.data.num_subjects = 200
     c.data.subjects_per_fold = 20
@@ -209,7 +217,12 @@ def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A config for tests: a handful of steps on a few subjects."""
+    """A config for tests: a handful of steps on a few subjects, FERAtt at the quick size's widths.
+
+    The narrow widths keep the tests' FERAtt runs cheap to compile and run;
+    the full widths are covered by the model and PyTorch-parity tests.
+    """
+    narrow_feratt(c)
     c.data.num_subjects = 16
     c.data.subjects_per_fold = 4
     c.data.val_size = 16

@@ -9,20 +9,27 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# Many tests compile the same programs: every trainer run jits anew, eager
+# ops on sharded arrays each compile a small program (0.25 s apiece; ~36 per
+# tiny trainer run with eight devices), and child processes start cold. One
+# persistent compilation cache per session, shared by the xdist workers and
+# their child processes (through the environment), caching every program,
+# turns those repeats into loads. It is size-bounded so that JAX guards it
+# with a file lock: two workers may write the same entry at once.
+import tempfile  # noqa: E402
+
+if "FERATT_TEST_COMPILE_CACHE" not in os.environ:  # the first process of the session (xdist's controller)
+    os.environ["FERATT_TEST_COMPILE_CACHE"] = tempfile.mkdtemp(prefix="feratt_jax_compile_cache_")
+    os.environ["FERATT_TEST_COMPILE_CACHE_OWNER"] = str(os.getpid())
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["FERATT_TEST_COMPILE_CACHE"]
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(16 << 30)
+
 import jax  # noqa: E402
 
 # Catch silent broadcasting mistakes (nanodo does the same in its tests).
 jax.config.update("jax_numpy_rank_promotion", "raise")
-
-# Many tests compile the same train/eval steps (each trainer run jits anew);
-# a per-session persistent compilation cache turns the repeats into loads.
-import tempfile  # noqa: E402
-
-_compile_cache = tempfile.mkdtemp(prefix="feratt_jax_compile_cache_")
-jax.config.update("jax_compilation_cache_dir", _compile_cache)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
 
 import ctypes  # noqa: E402
 import ctypes.util  # noqa: E402
@@ -62,3 +69,11 @@ def _release_compiled_programs_after_each_test():
     gc.collect()
     if _malloc_trim is not None:
         _malloc_trim(0)
+
+
+def pytest_unconfigure(config):
+    """The process that made the session's compilation cache removes it."""
+    if os.environ.get("FERATT_TEST_COMPILE_CACHE_OWNER") == str(os.getpid()):
+        import shutil
+
+        shutil.rmtree(os.environ["FERATT_TEST_COMPILE_CACHE"], ignore_errors=True)
