@@ -94,12 +94,9 @@ def _run_train(args: argparse.Namespace) -> int:
             f"macro-R {test['macro_recall']:.4f}  reference-F1 {test['reference_f1']:.4f}  "
             f"({test['num_examples']} images; {args.workdir}/eval/metrics.json)"
         )
-        if config.train.get("final_figures", False):
+        if "figures" in summary:
             # The test confusion matrix and attention/reconstruction grid of the best checkpoint (``feratt eval``'s).
-            from feratt_jax.evaluate import evaluate_run
-
-            evaluate_run(args.workdir, split="test")
-            print(f"figures: {args.workdir}/eval/confusion_test.png, {args.workdir}/eval/attention_test.png")
+            print(f"figures: {', '.join(summary['figures'])}")
     return 0
 
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from feratt_jax import factory, plots
+from feratt_jax import factory, figures, plots
 from feratt_jax.runs import LoadedRun, write_json
 from feratt_jax.step import as_rgb, evaluate_split
 
@@ -40,7 +40,7 @@ def evaluate_run(
 
     out = run.workdir / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    plots.confusion_matrix_png(out / f"confusion_{split}.png", np.asarray(report["confusion_matrix"]), run.class_names, f"{split}: accuracy {report['accuracy']:.3f}")
+    figures.confusion_png(out / f"confusion_{split}.png", report, run.class_names, split)
     attention_grid(run, arrays, out / f"attention_{split}.png")
 
     if noise_sweep:
@@ -55,23 +55,8 @@ def evaluate_run(
 
 def attention_grid(run: LoadedRun, arrays: dict[str, np.ndarray], path: pathlib.Path, n: int = 8) -> None:
     """PNG of the first ``n`` images: input, target face, attention, reconstruction (and STN warp)."""
-    images = as_rgb(np.asarray(arrays["image"][:n], np.float32))
-    outputs = run.predict(images, keep=("logits", "reconstruction", "attention", "warped"))
-    columns = {"input": images}
-    if "x_org" in arrays:
-        columns["target face"] = np.asarray(arrays["x_org"][:n])
-    if "attention" in outputs:
-        columns["attention"] = plots.attention_map(outputs["attention"])
-    if "reconstruction" in outputs:
-        recon = outputs["reconstruction"]
-        columns["reconstruction"] = recon / max(float(recon.max()), 1e-6)
-    if "warped" in outputs:
-        warped = outputs["warped"]
-        columns["STN warped"] = (warped - warped.min()) / max(float(np.ptp(warped)), 1e-6)
-    labels = np.asarray(arrays["label"][:n]).astype(int)
-    preds = outputs["logits"].argmax(-1)
-    rows = [f"{run.class_names[t]} -> {run.class_names[p]}" for t, p in zip(labels, preds)]
-    plots.image_grid_png(path, columns, rows)
+    outputs = run.predict(as_rgb(np.asarray(arrays["image"][:n], np.float32)), keep=figures.GRID_OUTPUTS)
+    figures.attention_grid_png(path, arrays, outputs, run.class_names)
 
 
 def _noise_sweep(run: LoadedRun, arrays: dict[str, np.ndarray], sigmas: Sequence[float], out: pathlib.Path, split: str) -> list[dict[str, float]]:

@@ -68,9 +68,15 @@ def average_batch_stats(batch_statistics_fn: Callable, params: Any, batch_stats:
         if image.ndim != 4:
             raise ValueError(f"precise BN batches must be (B, H, W, C) images, got shape {image.shape}")
         stats = batch_statistics_fn(params, batch_stats, image)
-        total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+        total = stats if total is None else _tree_add(total, stats)
         count += 1
     if count == 0:
         raise ValueError("precise BN needs at least one batch of images")
-    return jax.tree.map(lambda t: t / count, total)
+    return _tree_divide(total, count)
+
+
+# One compiled program per tree instead of an eager op per BatchNorm leaf
+# (hundreds of small dispatches, each a compile on a new sharding).
+_tree_add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
+_tree_divide = jax.jit(lambda a, n: jax.tree.map(lambda t: t / n, a), static_argnums=1)
 

@@ -27,11 +27,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from feratt_jax import EXPRESSION_NAMES, factory, plots, precise_bn, runs, sharding, stopping, validation, workdir_lock
+from feratt_jax import EXPRESSION_NAMES, factory, figures, plots, precise_bn, runs, sharding, stopping, validation, workdir_lock
 from feratt_jax.checkpointing import Checkpointer
 from feratt_jax.data import pipeline, sampling
 from feratt_jax.metric_writer import MetricWriter
-from feratt_jax.step import TrainState, as_rgb, evaluate_split
+from feratt_jax.step import TrainState, as_rgb, evaluate_split, predict_dataset
 
 log = logging.getLogger(__name__)
 
@@ -282,8 +282,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         "first_step_s": compile_s,
         "train_images_per_s": timer.images / timer.total_s if timer.total_s else None,
     }
+    summary["val"]["checkpoint_step"] = summary["test"]["checkpoint_step"] = int(final_state.step)
     if early.patience:
         summary["early_stopping"] = {**early.state_dict(), "patience": early.patience, "stopped": stopped_early}
+    if tc.get("final_figures", False):
+        summary["figures"] = _final_figures(eval_step, final_state, data.test, summary["test"], config, mesh, workdir / "eval", write=is_main)
     writer.scalars(step, {"accuracy": summary["test"]["accuracy"], "reference_f1": summary["test"]["reference_f1"]}, prefix="test/")
     if is_main:
         runs.write_json(workdir / "eval" / "metrics.json", summary)
@@ -359,6 +362,21 @@ def _log_images(writer: MetricWriter, eval_step, state: TrainState, arrays: Mapp
     if "attention" in outputs:
         panels["images/attention"] = jax.nn.sigmoid(outputs["attention"]).mean(-1)
     writer.images(step, panels)
+
+
+def _final_figures(eval_step, state: TrainState, arrays, report, config, mesh, out: pathlib.Path, *, write: bool, n: int = 8) -> list[str]:
+    """The test split's confusion matrix and attention grid (``feratt eval``'s pictures), with the step already compiled.
+
+    Every process runs the prediction (it is collective); ``write`` says which one draws.
+    """
+    outputs = predict_dataset(eval_step, state, {"image": arrays["image"][:n]}, int(config.train.eval_batch_size), mesh, keep=figures.GRID_OUTPUTS)
+    paths = [out / "confusion_test.png", out / "attention_test.png"]
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        class_names = EXPRESSION_NAMES[: int(config.model.num_classes)]
+        figures.confusion_png(paths[0], report, class_names, "test")
+        figures.attention_grid_png(paths[1], arrays, outputs, class_names)
+    return [str(p) for p in paths]
 
 
 def _log_confusion_matrix(writer: MetricWriter, report: Mapping[str, Any], num_classes: int, step: int) -> None:

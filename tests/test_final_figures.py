@@ -29,6 +29,6 @@ def test_train_writes_confusion_and_attention_pngs(tmp_path, capsys):
     for name in ("confusion_test.png", "attention_test.png"):
         assert (out / name).stat().st_size > 1000, name
     assert "figures:" in capsys.readouterr().out
-    # `feratt eval`'s report of the best checkpoint (step 1) replaced the trainer's test entry.
+    # The figures and the test entry are those of the best checkpoint (step 1: the only evaluation).
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["checkpoint_step"] == 1 and sum(map(sum, metrics["test"]["confusion_matrix"])) == 16
