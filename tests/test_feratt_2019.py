@@ -113,7 +113,7 @@ def _reference_parameter_count(num_classes: int, dim: int, nf: int = 32, side: i
 
 
 def test_reference_arithmetic_matches_the_spec_figures() -> None:
-    # Cross-checks of the derivation against reference.md 1.2/1.3: the used ResNet-34 encoder has
+    # Cross-checks of the derivation against docs/reference.md 1.6: the used ResNet-34 encoder has
     # 21,284,672 parameters and preactresembnetex18 (dim 32, C=8) 11,182,696.
     assert _reference_parameter_count(8, 32)["encoder"] == 21_284_672
     assert _reference_parameter_count(8, 32)["netclass"] == 11_182_696

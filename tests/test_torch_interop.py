@@ -165,7 +165,7 @@ def test_state_dict_keys_and_shapes_match_the_flax_variables(name: str, options:
 
 
 def test_reference_key_layout_with_encoder_alias() -> None:
-    # reference.md 1.2: 609 keys for C=8 (encoder twice + encoder.fc), 46,305,737 params incl. the dead fc.
+    # docs/reference.md 1.6: 609 keys for C=8 (encoder twice + encoder.fc), 46,305,737 params incl. the dead fc.
     tm = build_torch_model("ferattention", num_classes=C, include_encoder_alias=True)
     assert len(tm.state_dict()) == 609
     assert sum(p.numel() for p in tm.parameters()) == 46_305_737

@@ -76,3 +76,19 @@ def test_stored_config_before_the_split_meant_adamw(tmp_path):
     validation.check_resume(old, same_run, tmp_path)  # the same trajectory: accepted
     # Without decay the old and new configs mean the same.
     validation.check_resume(_stored(0.0), configs.load_config("ferattention:tiny"), tmp_path)
+
+
+def test_without_decay_the_optimizer_state_has_the_layout_checkpoints_had_before_the_split():
+    """Workdirs saved before the two decays existed hold (TorchAdamState, scale-by-lr state): a resume restores into that tree."""
+    import jax
+
+    from feratt_jax import optimizers
+
+    c = configs.base_config("ferattention").optimizer
+    schedule = factory.make_learning_rate(c, STEPS)
+    params = {k: jnp.asarray(v) for k, v in _params_and_grads()[0].items()}
+    before_split = optax.chain(optimizers.scale_by_torch_adam(amsgrad=c.amsgrad), optax.scale_by_learning_rate(schedule))
+    ours = factory.make_optimizer(c, schedule)
+    assert jax.tree.structure(ours.init(params)) == jax.tree.structure(before_split.init(params))
+    c.weight_decay = 0.01  # with a decay the chain gains a link, and that is a new layout
+    assert jax.tree.structure(factory.make_optimizer(c, schedule).init(params)) != jax.tree.structure(before_split.init(params))
