@@ -19,7 +19,8 @@
 # a run cut short keeps what it measured), summary.json / summary.md (the issue's GPU
 # targets, pass/fail), log.txt.
 #
-# --dry-run: tiny sizes (batch 2, 2 steps), runs on CPU; checks the script, not the GPU.
+# --dry-run: tiny sizes (PreActResNet18 at 32x32, batch 2, 2 steps), runs on CPU; checks the
+# script, not the GPU.
 #
 # Only jax, flax, optax, numpy (and torch for the comparison) are needed: the bench path
 # imports neither grain nor ml_collections nor tensorboardX. If flax/optax are missing and
@@ -27,7 +28,7 @@
 # with pip --no-index.
 set -euo pipefail
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
 
 DRY=0
 INSTALL=0
@@ -107,8 +108,12 @@ HAVE_TORCH=$("$PY" -c "import json; print(int(json.load(open('$OUT_DIR/env.json'
 
 # ---------------------------------------------------------------- the bench
 if [[ $DRY == 1 ]]; then
-    SIZES=(--batch-size 2 --steps 2 --warmup 1 --render-batch-size 4 --render-steps 2 --yardstick-shape 2 8 8 16)
+    # The small baseline at 32x32: compiling full FERAtt four times (bf16/fp32,
+    # train/inference) was most of the dry run's 4-5 minutes on 2 cores.
+    MODEL=preactresnet18
+    SIZES=(--batch-size 2 --image-size 32 --steps 2 --warmup 1 --render-batch-size 4 --render-steps 2 --yardstick-shape 2 8 8 16)
 else
+    MODEL=ferattention
     # 128 first: the batch of the issue's GPU targets is measured even if time runs out.
     SIZES=(--batch-size 128 32 256 --steps 10 --warmup 2 --render-batch-size 256 --render-steps 20)
 fi
@@ -119,10 +124,10 @@ else
     say "torch not installed: JAX only, no ratios"
 fi
 LEFT=$(( BUDGET_S - ($(date +%s) - START_S) ))
-say "bench: ferattention bf16+fp32 ${SIZES[*]} ${TORCH[*]} (time limit ${LEFT}s)"
+say "bench: $MODEL bf16+fp32 ${SIZES[*]} ${TORCH[*]} (time limit ${LEFT}s)"
 set +e
 timeout --signal=TERM --kill-after=10 "$LEFT" "$PY" -m feratt_jax bench \
-    --model ferattention --precision bf16 fp32 "${SIZES[@]}" "${TORCH[@]}" \
+    --model "$MODEL" --precision bf16 fp32 "${SIZES[@]}" "${TORCH[@]}" \
     --json "$OUT_DIR/bench.json" --markdown "$OUT_DIR/bench.md" 2>&1 | tee -a "$LOG"
 STATUS=${PIPESTATUS[0]}
 set -e

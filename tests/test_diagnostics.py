@@ -113,7 +113,8 @@ def small_feratt():
     config = configs.load_config(str(REPO / "experiments" / "configs" / "ferattentiongmm.py") + ":quick")
     model = factory.build_model_from_config(config.model)
     x = jax.random.uniform(jax.random.key(0), (4, 64, 64, 3))
-    variables = model.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, _input(config, x))
+    # Jitted: eagerly, every op of the model is dispatched (and compiled) on its own.
+    variables = jax.jit(model.init)({"params": jax.random.key(1), "dropout": jax.random.key(2)}, _input(config, x))
     return config, model, variables, x
 
 
@@ -142,7 +143,7 @@ def test_loss_term_gradients_match_direct_gradients(small_feratt):
         )
         return losses_lib.cross_entropy(outputs["logits"], labels)
 
-    grads = jax.grad(ce)(variables["params"])
+    grads = jax.jit(jax.grad(ce))(variables["params"])
     want = float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads["attention_map"]))))
     assert report["norms"]["cross_entropy"]["attention"] == pytest.approx(want, rel=1e-4)
 
