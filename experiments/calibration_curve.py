@@ -1,10 +1,11 @@
 """Has a run's validation accuracy plateaued? The benchmark calibration's learning curve (docs/training.md section 0).
 
-Reads the trainer's ``metrics.jsonl`` of one workdir and writes, to ``--out``:
+Reads the trainer's ``metrics.jsonl`` of one workdir
+(:func:`feratt_jax.learning_curves.read_validation_curve`) and writes, to ``--out``:
 
 * ``<name>.json``: validation accuracy against training images seen, the
   images seen until 25 % (2x chance) and 50 % were first reached, and the
-  plateau test of issue 13: the last quarter of the steps gains < 2 points;
+  plateau test: the last quarter of the steps gains < 2 points;
 * ``<name>.png``: the curve.
 
 The calibration run of the paper's baseline protocol on the ``train`` preset:
@@ -21,34 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-from collections.abc import Sequence
-
-
-def curve_summary(steps: Sequence[int], accuracy: Sequence[float], batch_size: int, planned_steps: int) -> dict:
-    """Images to 25 % / 50 % and the last-quarter gain (points) of a validation curve."""
-    if not steps:
-        raise ValueError("no validation points in the run (val/accuracy never logged)")
-    images = [s * batch_size for s in steps]
-
-    def first_reaching(level: float) -> int | None:
-        return next((n for n, a in zip(images, accuracy) if a >= level), None)
-
-    last = steps[-1]
-    # The last evaluation at or before 3/4 of the run so far.
-    earlier = [a for s, a in zip(steps, accuracy) if s <= 0.75 * last]
-    gain = 100.0 * (accuracy[-1] - earlier[-1]) if earlier else None
-    return {
-        "steps": list(steps),
-        "images": images,
-        "val_accuracy": list(accuracy),
-        "images_to_25pct": first_reaching(0.25),
-        "images_to_50pct": first_reaching(0.50),
-        "last_step": last,
-        "planned_steps": planned_steps,
-        "finished": last >= planned_steps,
-        "last_quarter_gain_points": gain,
-        "plateau": gain is not None and gain < 2.0,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,13 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", required=True)
     args = p.parse_args(argv)
     from feratt_jax import plots
+    from feratt_jax.learning_curves import read_validation_curve
 
     workdir = pathlib.Path(args.workdir)
+    summary = read_validation_curve(workdir)
     config = json.loads((workdir / "config.json").read_text())
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    val = [(r["step"], r["val/accuracy"]) for r in rows if "val/accuracy" in r]
-    train = config["train"]
-    summary = curve_summary([s for s, _ in val], [a for _, a in val], int(train["batch_size"]), int(train["num_steps"]))
     summary["workdir_config"] = {k: config[k] for k in ("model", "data", "train", "optimizer") if k in config}
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

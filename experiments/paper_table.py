@@ -8,8 +8,11 @@ folds. This script trains the three methods with ``feratt kfold``'s machinery
 checkpoints, a finished fold is not retrained) and writes, to ``--out``:
 
 * ``paper_table.md``: the table in the paper's format, the per-method fold
-  count, steps, training speed and network, and the command that made it;
-* ``paper_table.json``: everything in the table plus every fold's metrics;
+  count, steps, how many folds plateaued (validation accuracy gained < 2
+  points over the last quarter of the steps), training speed and network,
+  and the command that made it;
+* ``paper_table.json``: everything in the table plus every fold's metrics
+  and validation curve (``curves``: :func:`feratt_jax.learning_curves.curve_summary`);
 * ``confusion_<method>.png`` and the summed (over folds) confusion matrices
   in the JSON.
 
@@ -71,6 +74,20 @@ def fold_reports(per_fold: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [json.loads((pathlib.Path(row["workdir"]) / "eval" / "metrics.json").read_text()) for row in per_fold]
 
 
+def fold_curves(per_fold: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each fold's validation curve and plateau test (the last quarter of its steps gains < 2 points)."""
+    from feratt_jax.learning_curves import read_validation_curve
+
+    return [read_validation_curve(row["workdir"]) for row in per_fold]
+
+
+def plateau_cell(curves: list[dict[str, Any]]) -> str:
+    """``k/n`` folds plateaued and the largest last-quarter gain, e.g. ``4/5 (max +3.1)``."""
+    gains = [c["last_quarter_gain_points"] for c in curves if c["last_quarter_gain_points"] is not None]
+    worst = f" (max {max(gains):+.1f})" if gains else ""
+    return f"{sum(c['plateau'] for c in curves)}/{len(curves)}{worst}"
+
+
 def summed_confusion(reports: list[dict[str, Any]]) -> np.ndarray:
     """Test confusion matrices (rows = truth) of the folds' best checkpoints, summed."""
     return np.sum([np.asarray(r["test"]["confusion_matrix"], np.int64) for r in reports], axis=0)
@@ -107,12 +124,12 @@ def table_markdown(rows: list[dict[str, Any]], command: str, notes: list[str]) -
         "Test metrics of each fold's best-validation checkpoint, in percent, mean +- sample std over "
         "subject-independent folds. F1 = 2PR/(P+R) of the macro precision and recall (the paper's).",
         "",
-        "| Method | " + " | ".join(t for _, t in PAPER_COLUMNS) + " | folds | steps/fold | train img/s | network |",
-        "|---|" + "---:|" * (len(PAPER_COLUMNS) + 3) + "---|",
+        "| Method | " + " | ".join(t for _, t in PAPER_COLUMNS) + " | folds | steps/fold | plateaued | train img/s | network |",
+        "|---|" + "---:|" * (len(PAPER_COLUMNS) + 4) + "---|",
     ]
     for r in rows:
         cells = " | ".join(f"{100 * r['mean'][k]:.2f} +- {100 * r['std'][k]:.2f}" for k, _ in PAPER_COLUMNS)
-        lines.append(f"| {r['method']} | {cells} | {r['folds']} | {r['steps']} | {r['images_per_s']:.1f} | {r['network']} |")
+        lines.append(f"| {r['method']} | {cells} | {r['folds']} | {r['steps']} | {plateau_cell(r['curves'])} | {r['images_per_s']:.1f} | {r['network']} |")
     lines += ["", "Reproduce:", "", "```", command, "```", ""]
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
@@ -153,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{stem}: stopped; rerun the same command to resume", flush=True)
             return 1
         reports = fold_reports(result["per_fold"])
+        curves = fold_curves(result["per_fold"])
         cm = summed_confusion(reports)
         classes = list(CLASS_NAMES[: cm.shape[0]])
         plots.confusion_matrix_png(out / f"confusion_{stem}.png", cm, classes, title=f"{names[stem]}: test, {args.folds} folds summed")
@@ -169,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 "mean": result["mean"],
                 "std": result["std"],
                 "per_fold": result["per_fold"],
+                "curves": curves,
                 "confusion_matrix_summed": cm.tolist(),
                 "class_names": classes,
             }
@@ -176,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python experiments/paper_table.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     notes = [
         f"size `{args.size}`" + (f", overrides: {', '.join(args.set + ([f'train.num_steps={args.steps}'] if args.steps else []))}" if args.set or args.steps else ""),
+        "plateaued: folds whose validation accuracy gained < 2 points over the last quarter of their steps "
+        "(per-fold curves in paper_table.json); in brackets the largest gain.",
         "train img/s: the trainer's measured training speed, mean over folds (this machine's figure when run here).",
     ]
     (out / "paper_table.md").write_text(table_markdown(rows, command, notes))

@@ -6,6 +6,7 @@ import json
 import pathlib
 
 import numpy as np
+import pytest
 
 import experiment_scripts
 
@@ -14,10 +15,12 @@ def _paper_table():
     return experiment_scripts.load("paper_table")
 
 
-def _fold(tmp_path: pathlib.Path, k: int, cm: list[list[int]], speed: float = 0.0) -> dict:
+def _fold(tmp_path: pathlib.Path, k: int, cm: list[list[int]], speed: float = 0.0, val: tuple[float, ...] = (0.2, 0.4, 0.5, 0.51)) -> dict:
     d = tmp_path / f"fold_{k}"
     (d / "eval").mkdir(parents=True)
     (d / "eval" / "metrics.json").write_text(json.dumps({"test": {"confusion_matrix": cm}, "train_images_per_s": speed}))
+    (d / "config.json").write_text(json.dumps({"train": {"batch_size": 4, "num_steps": 100 * len(val)}}))
+    (d / "metrics.jsonl").write_text("".join(json.dumps({"step": 100 * (i + 1), "val/accuracy": a}) + "\n" for i, a in enumerate(val)))
     return {"fold": k, "workdir": str(d)}
 
 
@@ -29,6 +32,19 @@ def test_confusion_matrices_are_summed_over_folds(tmp_path):
     assert pt.mean_training_speed(reports) == 45.0
 
 
+def test_each_folds_plateau_is_read_from_its_curve(tmp_path):
+    pt = _paper_table()
+    rows = [
+        _fold(tmp_path, 0, [[1]], val=(0.2, 0.4, 0.5, 0.51)),  # step 300 -> 400: +1 point, a plateau
+        _fold(tmp_path, 1, [[1]], val=(0.2, 0.3, 0.4, 0.55)),  # +15 points, still rising
+    ]
+    curves = pt.fold_curves(rows)
+    assert [c["plateau"] for c in curves] == [True, False]
+    assert curves[1]["last_quarter_gain_points"] == pytest.approx(15.0) and curves[1]["images_to_50pct"] == 1600
+    assert pt.plateau_cell(curves) == "1/2 (max +15.0)"
+    assert pt.plateau_cell([{"plateau": False, "last_quarter_gain_points": None}]) == "0/1"
+
+
 def test_table_is_in_the_papers_format_in_percent():
     pt = _paper_table()
     row = {
@@ -36,13 +52,14 @@ def test_table_is_in_the_papers_format_in_percent():
         "folds": 2,
         "steps": 800,
         "images_per_s": 52.25,
+        "curves": [{"plateau": True, "last_quarter_gain_points": 1.5}, {"plateau": False, "last_quarter_gain_points": 2.26}],
         "network": "input 64px",
         "mean": {"accuracy": 0.5, "macro_precision": 0.25, "macro_recall": 0.125, "reference_f1": 0.1},
         "std": {"accuracy": 0.01, "macro_precision": 0.02, "macro_recall": 0.0, "reference_f1": 0.005},
     }
     text = pt.table_markdown([row], "python experiments/paper_table.py --folds 2", ["size `quick`"])
-    assert "| Method | Acc. | Prec. | Rec. | F1 | folds | steps/fold | train img/s | network |" in text
-    assert "| FERAtt+Cls | 50.00 +- 1.00 | 25.00 +- 2.00 | 12.50 +- 0.00 | 10.00 +- 0.50 | 2 | 800 | 52.2 | input 64px |" in text
+    assert "| Method | Acc. | Prec. | Rec. | F1 | folds | steps/fold | plateaued | train img/s | network |" in text
+    assert "| FERAtt+Cls | 50.00 +- 1.00 | 25.00 +- 2.00 | 12.50 +- 0.00 | 10.00 +- 0.50 | 2 | 800 | 1/2 (max +2.3) | 52.2 | input 64px |" in text
     assert "python experiments/paper_table.py --folds 2" in text and "- size `quick`" in text
 
 
