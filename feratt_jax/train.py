@@ -240,7 +240,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
                     writer.scalars(step, means, prefix="train/")
                     progress.set_postfix(loss=f"{means['loss/total']:.3f}", acc=f"{means['accuracy']:.2f}")
                 if tc.image_log_every and step % tc.image_log_every == 0:
-                    _log_images(writer, eval_step, state, data.val, step)
+                    _log_images(writer, eval_step, state, data.val, step, tc.eval_batch_size, mesh)
                 if step % tc.eval_every == 0 or step == tc.num_steps:
                     if recalibrate_bn is not None:
                         # Training never reads the running averages, so replacing
@@ -348,14 +348,19 @@ def _merge_checked(target: Any, source: Any, what: str) -> Any:
     return flax.traverse_util.unflatten_dict({k: jnp.asarray(v, flat_t[k].dtype) for k, v in flat_s.items()}, sep="/")
 
 
-def _log_images(writer: MetricWriter, eval_step, state: TrainState, arrays: Mapping[str, np.ndarray], step: int) -> None:
+def _log_images(writer: MetricWriter, eval_step, state: TrainState, arrays: Mapping[str, np.ndarray], step: int, batch_size: int, mesh: Any, n: int = 8) -> None:
+    """The first ``n`` images of ``arrays`` with the model's reconstruction and attention, to TensorBoard.
+
+    The images go through :func:`predict_dataset` at the evaluation batch size:
+    the program the evaluations compiled is reused (8 images would compile the
+    forward pass again), and every process takes part in the sharded call.
+    """
+    outputs = predict_dataset(eval_step, state, {"image": arrays["image"][:n]}, batch_size, mesh, keep=figures.GRID_OUTPUTS)
     if not writer.enabled:
         return
-    images = as_rgb(np.asarray(arrays["image"][:8], np.float32))
-    outputs = jax.device_get(eval_step(state.params, state.batch_stats, jnp.asarray(images)))
-    panels = {"images/composite": images}
+    panels = {"images/composite": as_rgb(np.asarray(arrays["image"][:n], np.float32))}
     if "x_org" in arrays:
-        panels["images/target_face"] = np.asarray(arrays["x_org"][:8])
+        panels["images/target_face"] = np.asarray(arrays["x_org"][:n])
     if "reconstruction" in outputs:
         recon = outputs["reconstruction"]
         panels["images/reconstruction"] = recon / max(float(recon.max()), 1e-6)

@@ -24,6 +24,7 @@ from feratt_jax import configs, factory, sharding
 from feratt_jax import losses as losses_lib
 from feratt_jax import train as train_lib
 from feratt_jax.checkpointing import Checkpointer
+from feratt_jax.step import as_rgb, evaluate_split
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -153,6 +154,35 @@ def test_resume_is_bit_identical_to_a_straight_run(cache_dir, tmp_path):
     for x, y in zip(jax.tree.leaves((a.params, a.batch_stats, a.opt_state)), jax.tree.leaves((b.params, b.batch_stats, b.opt_state))):
         np.testing.assert_array_equal(x, y)
     assert data_a == data_b
+
+
+class _RecordingWriter:
+    enabled = True
+
+    def __init__(self):
+        self.logged = []
+
+    def images(self, step, panels):
+        self.logged.append((step, panels))
+
+
+def test_image_log_reuses_the_evaluation_program(cache_dir):
+    # 8 images at an evaluation batch of 16: called on them directly, the
+    # forward pass would compile a second time (the quick config logs images
+    # at its last step, in the README's timed main job).
+    config = tiny_config(cache_dir, eval_batch_size=16)
+    mesh = sharding.make_mesh()
+    data = factory.make_inputs(config)
+    training = factory.setup_training(config, data, mesh)
+    state = jax.jit(training.init_state, out_shardings=training.state_sharding)()
+    evaluate_split(training.eval_step, state, data.val, 16, mesh, config.model.num_classes)
+    compiled = training.eval_step._cache_size()
+    writer = _RecordingWriter()
+    train_lib._log_images(writer, training.eval_step, state, data.val, 3, 16, mesh)
+    assert training.eval_step._cache_size() == compiled
+    [(step, panels)] = writer.logged
+    assert step == 3 and sorted(panels) == ["images/composite", "images/target_face"]  # the baseline has no attention
+    np.testing.assert_array_equal(panels["images/composite"], as_rgb(np.asarray(data.val["image"][:8], np.float32)))
 
 
 # --------------------------------------------------------- failure handling
