@@ -178,6 +178,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     compile_s = None
     last_saved = checkpointer.latest_step()
     history: list[dict[str, float]] = []
+    latest_val: dict[int, dict[str, Any]] = {}  # the last evaluation's report, by step
 
     def meta() -> dict[str, Any]:
         return {"best_val_accuracy": best_val_accuracy, "config": config.to_dict(), "early_stopping": early.state_dict()}
@@ -185,6 +186,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     def run_eval(step: int) -> float:
         nonlocal best_val_accuracy, state
         report = evaluate_split(eval_step, state, data.val, tc.eval_batch_size, mesh, config.model.num_classes)
+        latest_val.clear()
+        latest_val[step] = report
         writer.scalars(step, {k: report[k] for k in ("accuracy", "macro_precision", "macro_recall", "reference_f1", "macro_f1")}, prefix="val/")
         _log_confusion_matrix(writer, report, config.model.num_classes, step)
         improved = report["accuracy"] > best_val_accuracy
@@ -272,10 +275,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     # --------------------------------------------------- final evaluation
     best = checkpointer.restore_best(training.abstract_state)
     final_state = best[0] if best is not None else state
+    # The best checkpoint is usually the state the last evaluation saw (the
+    # checkpoint was saved from it): its validation report is reused.
+    val_report = latest_val.get(int(final_state.step))
+    if val_report is None:
+        val_report = evaluate_split(eval_step, final_state, data.val, tc.eval_batch_size, mesh, config.model.num_classes)
     summary = {
         "step": step,
         "best_val_accuracy": best_val_accuracy,
-        "val": evaluate_split(eval_step, final_state, data.val, tc.eval_batch_size, mesh, config.model.num_classes),
+        "val": dict(val_report),
         "test": evaluate_split(eval_step, final_state, data.test, tc.eval_batch_size, mesh, config.model.num_classes),
         "precise_bn_batches": int(tc.get("precise_bn_batches", 0)),
         "precise_bn_seconds": timer.precise_bn_s,
