@@ -1,0 +1,50 @@
+"""experiments/main_job_time.py: the README's main job and the yardstick arithmetic (the runs themselves are not run here)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+import experiment_scripts
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _module():
+    return experiment_scripts.load("main_job_time")
+
+
+def test_times_the_readme_main_job_command():
+    mjt = _module()
+    first_commands = [line for line in (REPO / "README.md").read_text().splitlines()[:12] if "feratt train" in line]
+    assert first_commands, "README's first lines lost the main-job command"
+    assert "feratt " + " ".join(mjt.MAIN_JOB) + " --workdir runs/ferattention_quick" in first_commands[0], (
+        "the README's main job changed: update MAIN_JOB in experiments/main_job_time.py"
+    )
+
+
+def test_yardstick_is_the_torch_eager_step_of_a_bench_report():
+    mjt = _module()
+    # The committed bench report of the 2026-12-03 main-job measurement: 3.98 s (a slow day).
+    report = json.loads((REPO / "experiments" / "results" / "main_job" / "yardstick_bench.json").read_text())
+    assert mjt.yardstick_seconds(report) == pytest.approx(3.9832274860018515)
+    with pytest.raises(ValueError, match="no PyTorch eager FERAtt record"):
+        mjt.yardstick_seconds({"results": [r for r in report["results"] if r["framework"] == "jax"]})
+
+
+def test_scaling_to_a_normal_day():
+    mjt = _module()
+    # 12 minutes beside a 4.0 s yardstick is 6 minutes at 2.0 s.
+    assert mjt.at_normal_day(720.0, 4.0) == pytest.approx(6.0)
+    runs = [{"wall_s": 600.0, "test_accuracy": 0.6}, {"wall_s": 720.0, "test_accuracy": 0.8}, {"wall_s": 660.0, "test_accuracy": 0.7}]
+    s = mjt.summarise(runs, 4.4)
+    assert (s["test_accuracy_median"], s["test_accuracy_min"], s["test_accuracy_max"]) == (0.7, 0.6, 0.8)
+    assert s["wall_minutes_median"] == pytest.approx(11.0) and s["minutes_at_2s_yardstick"] == pytest.approx(5.0)
+
+
+def test_refuses_a_non_json_out_before_running_anything(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _module().main(["--out", str(tmp_path / "timing.txt")])
+    assert "expected a .json path" in capsys.readouterr().err
