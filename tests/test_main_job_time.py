@@ -48,3 +48,13 @@ def test_refuses_a_non_json_out_before_running_anything(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _module().main(["--out", str(tmp_path / "timing.txt")])
     assert "expected a .json path" in capsys.readouterr().err
+
+
+def test_refuses_an_existing_workdir_of_any_seed_before_running_anything(tmp_path, capsys, monkeypatch):
+    mjt = _module()
+    (tmp_path / "main_job_seed2").mkdir()
+    ran = []
+    monkeypatch.setattr(mjt.subprocess, "run", lambda *a, **k: ran.append(a))
+    with pytest.raises(SystemExit):
+        mjt.main(["--seeds", "0", "2", "--workdir", str(tmp_path), "--out", str(tmp_path / "t.json")])
+    assert "main_job_seed2: exists" in capsys.readouterr().err and ran == []
