@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     if importlib.util.find_spec("torch") is None:
         p.error("the yardstick needs PyTorch (pip install -e '.[torch]'); checked before the runs, not after them")
 
-    taken = [d for d in (pathlib.Path(args.workdir) / f"main_job_seed{s}" for s in args.seeds) if args.workdir and d.exists()]
-    if taken:
-        p.error(f"{taken[0]}: exists; each timed run must start from an empty workdir")
+    for seed in args.seeds if args.workdir else []:
+        if (pathlib.Path(args.workdir) / f"main_job_seed{seed}").exists():
+            p.error(f"{pathlib.Path(args.workdir) / f'main_job_seed{seed}'}: exists; each timed run must start from an empty workdir")
 
     with tempfile.TemporaryDirectory() as tmp:
         parent = pathlib.Path(args.workdir or tmp)
