@@ -29,7 +29,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--name", required=True)
+    p.add_argument(
+        "--before",
+        action="append",
+        default=[],
+        metavar="LABEL=JSON",
+        help="overlay a curve this script wrote earlier (repeatable), e.g. 'generator v2=.../baseline_train_preset.json'",
+    )
+    p.add_argument("--label", default="validation accuracy", help="legend label of this run's curve")
+    p.add_argument("--band", default="", metavar="LO,HI", help="shade a target range in percent, e.g. 65,85")
     args = p.parse_args(argv)
+    before = {}
+    for item in args.before:
+        label, sep, path = item.partition("=")
+        if not sep or not pathlib.Path(path).is_file():
+            p.error(f"--before {item!r}: expected LABEL=JSON with an existing file")
+        old = json.loads(pathlib.Path(path).read_text())
+        if "images" not in old or "val_accuracy" not in old:
+            p.error(f"--before {path}: not a calibration_curve.py JSON (no images / val_accuracy)")
+        before[label] = ([n / 1000 for n in old["images"]], [100 * a for a in old["val_accuracy"]])
+    band = None
+    if args.band:
+        try:
+            lo, hi = (float(v) for v in args.band.split(","))
+        except ValueError:
+            p.error(f"--band {args.band!r}: expected LO,HI in percent")
+        band = (lo, hi, f"target {lo:g}-{hi:g} %")
     from feratt_jax import plots
     from feratt_jax.learning_curves import read_validation_curve
 
@@ -43,10 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     plots.curves_png(
         out / f"{args.name}.png",
         [n / 1000 for n in summary["images"]],
-        {"validation accuracy": [100 * a for a in summary["val_accuracy"]]},
+        {**before, args.label: [100 * a for a in summary["val_accuracy"]]},
         "training images seen (thousands)",
-        "accuracy (%)",
+        "validation accuracy (%)",
         args.name,
+        band=band,
     )
     print(json.dumps({k: v for k, v in summary.items() if k != "workdir_config"}))
     return 0

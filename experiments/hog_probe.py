@@ -49,12 +49,19 @@ def _render(bank, rows, pool, seed, config, chunk=250):
     return np.concatenate(images), np.concatenate(clean)
 
 
-def _hog(images: np.ndarray) -> np.ndarray:
+def _hog(images: np.ndarray, cell: int = 8) -> np.ndarray:
     from skimage.feature import hog
 
     return np.stack(
-        [hog(im, orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2), feature_vector=True) for im in images]
+        [hog(im, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2), feature_vector=True) for im in images]
     ).astype(np.float32)
+
+
+def _halve(images: np.ndarray) -> np.ndarray:
+    """64 -> 32 px with an anti-aliasing filter: what a 32x32-input model sees of the face."""
+    from skimage.transform import resize
+
+    return np.stack([resize(im, (im.shape[0] // 2, im.shape[1] // 2), anti_aliasing=True) for im in images])
 
 
 def _balanced_rows(bank, record_idx, n, rng):
@@ -78,8 +85,15 @@ def run_probe(
     seed: int = 0,
     presets: tuple[str, ...] = ("train", "mild", "identity"),
     cache_dir: str | None = None,
+    generator: dict | None = None,
+    half_resolution: bool = False,
 ) -> dict:
-    """Runs the probe and returns its figures per preset (see module docstring)."""
+    """Runs the probe and returns its figures per preset (see module docstring).
+
+    ``generator`` overrides :class:`GeneratorConfig` fields (calibration sweeps).
+    ``half_resolution`` adds the clean-face probe at 32 px (4 px cells): how
+    much of the expression a 32x32-input model could still see.
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -89,7 +103,8 @@ def run_probe(
     from feratt_jax.data.splits import kfold_subject_split, split_record_indices
 
     t0 = time.perf_counter()
-    bank = facebank.load_or_build_bank(num_subjects, intensities, seed=seed, cache_dir=cache_dir)
+    gen = synthfaces.GeneratorConfig.from_dict(generator)
+    bank = facebank.load_or_build_bank(num_subjects, intensities, seed=seed, config=gen, cache_dir=cache_dir)
     split = kfold_subject_split(bank["subject"], test_subjects, 0, val_subjects=0)
     idx = split_record_indices(bank["subject"], split)
     pool = BackgroundPool.build(64, seed=seed)
@@ -98,8 +113,8 @@ def run_probe(
     te_rows = _balanced_rows(bank, idx["test"], n_test, rng)
     y_tr, y_te = bank["label"][tr_rows], bank["label"][te_rows]
 
-    def fit_eval(x_tr, x_te):
-        f_tr, f_te = _hog(x_tr), _hog(x_te)
+    def fit_eval(x_tr, x_te, cell=8):
+        f_tr, f_te = _hog(x_tr, cell), _hog(x_te, cell)
         scaler = StandardScaler().fit(f_tr)
         clf = LogisticRegression(max_iter=300, C=0.05)
         clf.fit(scaler.transform(f_tr), y_tr)
@@ -122,6 +137,10 @@ def run_probe(
             "clean_face_accuracy": acc_clean,
             "clean_face_per_class": per_class_clean,
         }
+        if half_resolution:
+            acc32, per_class32 = fit_eval(_halve(tr_clean), _halve(te_clean), cell=4)
+            results[preset]["clean_face_accuracy_32px"] = acc32
+            results[preset]["clean_face_per_class_32px"] = per_class32
     return {
         "results": results,
         "chance": 1.0 / len(np.unique(y_te)),
@@ -129,8 +148,25 @@ def run_probe(
         "n_test": n_test,
         "num_subjects": num_subjects,
         "test_subjects": test_subjects,
+        "generator": dict(generator or {}),
+        "generator_version": synthfaces.GENERATOR_VERSION,
         "seconds_total": time.perf_counter() - t0,
     }
+
+
+def parse_generator_overrides(items: list[str]) -> dict:
+    """``["posing_variation=0.25", ...]`` -> a validated GeneratorConfig override dict."""
+    from feratt_jax.data import synthfaces
+
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--generator {item!r}: expected FIELD=VALUE")
+        value = json.loads(f"[{raw}]") if "," in raw else json.loads(raw)
+        out[key] = value
+    synthfaces.GeneratorConfig.from_dict(out)  # unknown fields and bad values fail here, before any work
+    return out
 
 
 def main() -> None:
@@ -143,9 +179,30 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--presets", default="train,mild,identity", help="comma-separated renderer presets")
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--half-resolution", action="store_true", help="also probe the clean faces at 32 px (4 px cells)")
+    p.add_argument(
+        "--generator",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a GeneratorConfig field (repeatable), e.g. posing_variation=0.25",
+    )
     a = p.parse_args()
+    try:
+        generator = parse_generator_overrides(a.generator)
+    except ValueError as e:
+        p.error(str(e))
     res = run_probe(
-        a.subjects, a.intensities, a.test_subjects, a.train, a.test, a.seed, tuple(a.presets.split(",")), a.cache_dir
+        a.subjects,
+        a.intensities,
+        a.test_subjects,
+        a.train,
+        a.test,
+        a.seed,
+        tuple(a.presets.split(",")),
+        a.cache_dir,
+        generator,
+        a.half_resolution,
     )
     print(json.dumps(res, indent=2))
 

@@ -87,10 +87,25 @@ def image_grid_png(path: str | pathlib.Path, columns: Mapping[str, np.ndarray], 
     fig.savefig(path, dpi=100)
 
 
-def curves_png(path: str | pathlib.Path, x: Sequence[float], series: Mapping[str, Sequence[float]], xlabel: str, ylabel: str, title: str = "") -> None:
+def curves_png(
+    path: str | pathlib.Path,
+    x: Sequence[float],
+    series: Mapping[str, Sequence[float] | tuple[Sequence[float], Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    band: tuple[float, float, str] | None = None,
+) -> None:
+    """Line plot of named series over ``x``; a series given as ``(xs, ys)`` has its own x.
+
+    ``band = (lo, hi, label)`` shades a horizontal target range.
+    """
     fig, ax = new_figure((5, 3.5))
+    if band is not None:
+        ax.axhspan(band[0], band[1], color="tab:green", alpha=0.12, label=band[2])
     for name, ys in series.items():
-        ax.plot(x, ys, marker="o", label=name)
+        xs, ys = ys if isinstance(ys, tuple) else (x, ys)
+        ax.plot(xs, ys, marker="o", label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

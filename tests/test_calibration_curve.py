@@ -25,3 +25,25 @@ def test_main_reads_a_workdir_and_writes_json_and_png(tmp_path):
     assert got["images"] == [160, 320] and got["images_to_50pct"] == 320
     assert got["last_quarter_gain_points"] == pytest.approx(25.0) and got["workdir_config"]["model"] == {"name": "m"}
     assert (tmp_path / "out" / "c.png").stat().st_size > 1000
+
+
+def test_overlays_an_earlier_curve_and_refuses_a_bad_one_before_writing(tmp_path):
+    cc = _module()
+    wd = tmp_path / "run"
+    wd.mkdir()
+    (wd / "config.json").write_text(json.dumps({"train": {"batch_size": 8, "num_steps": 40}}))
+    rows = [{"step": 20, "val/accuracy": 0.25}, {"step": 40, "val/accuracy": 0.5}]
+    (wd / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "out"
+    assert cc.main(["--workdir", str(wd), "--out", str(out), "--name", "v2"]) == 0
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"steps": [1]}))
+    for item in (f"v2={bad}", f"v2={tmp_path / 'missing.json'}", "no-equals-sign"):
+        with pytest.raises(SystemExit):
+            cc.main(["--workdir", str(wd), "--out", str(out), "--name", "v3", "--before", item])
+        assert not (out / "v3.json").exists()
+    with pytest.raises(SystemExit):
+        cc.main(["--workdir", str(wd), "--out", str(out), "--name", "v3", "--band", "65"])
+    args = ["--workdir", str(wd), "--out", str(out), "--name", "v3", "--before", f"v2={out / 'v2.json'}", "--band", "65,85"]
+    assert cc.main(args) == 0
+    assert (out / "v3.png").stat().st_size > (out / "v2.png").stat().st_size  # two curves and a band

@@ -152,10 +152,66 @@ def test_landmarks_follow_the_action_units():
     assert aperture(landmarks(AU5=1.0)) > 1.5 * aperture(neutral) > 1.5 * aperture(landmarks(AU7=1.0))
 
 
+def _render_units(idn, config, **units):
+    au = np.zeros(len(synthfaces.AU_NAMES), np.float32)
+    for k, v in units.items():
+        au[synthfaces.AU_NAMES.index(k)] = v
+    return synthfaces.render_face(idn, au, np.random.default_rng(5), config)
+
+
+def test_motion_scale_moves_features_and_nothing_else():
+    idn = synthfaces.sample_identity(0, 2)
+    units = {"AU1": 1.0, "AU4": 1.0, "AU5": 1.0, "AU12": 1.0, "AU26": 1.0}
+    still = synthfaces.GeneratorConfig(motion_scale=0.0)
+    neutral = _render_units(idn, still)[2]
+    # No motion: every landmark stays where the neutral face has it, while
+    # the appearance changes (folds, shading) are still drawn.
+    np.testing.assert_allclose(_render_units(idn, still, **units)[2], neutral, atol=1e-4)
+    assert np.abs(_render_units(idn, still, **units)[0].astype(int) - _render_units(idn, still)[0]).max() > 30
+    # Half motion moves the lip corners (48, 54) about half as far as full motion.
+    full = _render_units(idn, synthfaces.GeneratorConfig(), AU12=1.0)[2]
+    half = _render_units(idn, synthfaces.GeneratorConfig(motion_scale=0.5), AU12=1.0)[2]
+    base = _render_units(idn, synthfaces.GeneratorConfig())[2]
+    ratio = (half[[48, 54], 1] - base[[48, 54], 1]) / (full[[48, 54], 1] - base[[48, 54], 1])
+    np.testing.assert_allclose(ratio, 0.5, atol=0.05)
+
+
+def test_fold_and_shading_contrast_scale_the_appearance_changes():
+    idn = synthfaces.sample_identity(0, 3)
+
+    def change(units, **cfg):
+        # What AU9 (or AU17) changes beyond the neutral face, features held still.
+        config = synthfaces.GeneratorConfig(motion_scale=0.0, **cfg)
+        expr = _render_units(idn, config, **units)[0].astype(np.float64)
+        return np.abs(expr - _render_units(idn, config)[0]).sum()
+
+    # Folds: at 0 only the small nostril changes are left, stronger at 2 than at 1.
+    assert change({"AU9": 1.0}, fold_contrast=0.0) < 0.1 * change({"AU9": 1.0})
+    assert change({"AU9": 1.0}, fold_contrast=2.0) > 1.5 * change({"AU9": 1.0})
+    # AU17's chin boss is shading plus a fold: both knobs at 0 leave no change.
+    assert change({"AU17": 1.0}, fold_contrast=0.0, shading_contrast=0.0) == 0.0
+    assert change({"AU17": 1.0}, fold_contrast=0.0) > 0.0
+
+
+def test_wrinkles_keep_the_local_mean():
+    # Each wrinkle is a dark furrow beside a lit ridge: pixel by pixel it
+    # changes the face a lot, averaged over 4x4 pixels (a 32 px input's view
+    # of a 128 px face) it changes it far less.
+    idn = synthfaces.sample_identity(0, 1)
+    cfg = dict(motion_scale=0.0, fold_contrast=0.0, shading_contrast=0.0, blur_sigma=0.0)
+    units = {"AU1": 1.0, "AU2": 1.0, "AU4": 1.0, "AU9": 1.0, "AU23": 1.0}
+    plain = _render_units(idn, synthfaces.GeneratorConfig(**cfg), **units)[0].astype(np.float64)
+    wrinkled = _render_units(idn, synthfaces.GeneratorConfig(wrinkle_contrast=1.0, **cfg), **units)[0].astype(np.float64)
+    diff = wrinkled - plain
+    pooled = diff.reshape(32, 4, 32, 4).mean((1, 3))
+    assert np.abs(diff).sum() > 2000
+    assert np.abs(pooled).sum() * 16 < 0.35 * np.abs(diff).sum()
+
+
 # Mean grey level of subject 1's faces (seed 0, index 0), one per class.
 # They pin the drawing: if they change, the faces changed, so bump
 # synthfaces.GENERATOR_VERSION (the face-bank cache key) and update them.
-GOLDEN_CLASS_MEANS = {2: [85.401, 93.365, 91.829, 94.674, 89.671, 89.019, 89.142, 95.423]}
+GOLDEN_CLASS_MEANS = {3: [75.378, 69.758, 75.578, 72.815, 71.381, 72.617, 77.76, 69.729]}
 
 
 def test_drawing_changes_bump_the_generator_version():
@@ -190,7 +246,47 @@ def test_prototype_action_units():
         synthfaces.sample_action_units(8, rng, cfg)
 
 
+def test_posing_variants_are_fixed_per_subject_and_off_at_zero():
+    names = synthfaces.AU_NAMES
+    for label, variants in synthfaces.POSING_VARIANTS.items():
+        # The first combination is the prototype, and every AU named exists.
+        assert variants[0] == synthfaces.PROTOTYPES[label]
+        for combo in variants:
+            for name in combo:
+                assert (name[0] == "U" and "L" + name[1:] in names) or name in names, (label, name)
+    # One choice per subject and class: every intensity of a (subject, class)
+    # uses the same AUs, and only the chosen combination's AUs are non-zero
+    # (au_noise off, so nothing else can be).
+    cfg = synthfaces.GeneratorConfig(au_noise=0.0, posing_variation=1.0, expressiveness_spread=0.0)
+    idn = synthfaces.sample_identity(0, 5, cfg)
+    assert np.all(idn.posing[1:] >= 1) and idn.posing[0] == 0  # variation 1: always an alternative
+    for label in range(1, synthfaces.NUM_CLASSES):
+        combo = synthfaces.POSING_VARIANTS[label][idn.posing[label]]
+        for index in range(3):
+            au = synthfaces.generate_face(5, label, index, config=cfg, identity=idn)["action_units"]
+            active = {names[i] for i in np.flatnonzero(au)}
+            assert {n if n[0] != "U" else n.replace("U", "L" if "L" + n[1:] in active else "R", 1) for n in combo} == active
+    # Variation 0 and spread 0: every subject poses the prototype at the face's gain.
+    cfg0 = synthfaces.GeneratorConfig(au_noise=0.0, posing_variation=0.0, expressiveness_spread=0.0, gain_range=(0.8, 0.8))
+    for subject in range(4):
+        idn = synthfaces.sample_identity(0, subject, cfg0)
+        assert np.all(idn.posing == 0) and np.all(idn.expressiveness == 1.0)
+        au = synthfaces.sample_action_units(4, np.random.default_rng(subject), cfg0, idn)
+        expect = np.zeros(len(names))
+        for name, w in synthfaces.PROTOTYPES[4].items():
+            expect[names.index(name)] = 0.8 * w
+        np.testing.assert_allclose(au, expect, atol=1e-6)
+    # The posing settings never change how a subject looks.
+    a, b = synthfaces.sample_identity(0, 9, cfg), synthfaces.sample_identity(0, 9, cfg0)
+    assert (a.face_a, a.skin, a.hair, a.eye_dx) == (b.face_a, b.skin, b.hair, b.eye_dx)
+    np.testing.assert_array_equal(a.texture, b.texture)
+
+
 def test_generator_config_errors():
+    with pytest.raises(ValueError, match="posing_variation"):
+        synthfaces.GeneratorConfig(posing_variation=1.2)
+    with pytest.raises(ValueError, match="expressiveness_spread"):
+        synthfaces.GeneratorConfig(expressiveness_spread=-0.1)
     with pytest.raises(ValueError, match="bald_prob"):
         synthfaces.GeneratorConfig(bald_prob=1.5)
     with pytest.raises(ValueError, match="gain_range"):

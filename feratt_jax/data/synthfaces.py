@@ -3,9 +3,10 @@
 No package ships expression-labelled faces (docs/data.md section 2), so the default
 dataset is drawn: a parametric 2D face whose identity (shape, tone, hair,
 feature placement, texture) comes from a per-subject random vector and whose
-expression is a vector of FACS action-unit (AU) intensities sampled from an
-EMFACS-style prototype per class (docs/data.md 4.3), times a random gain, plus
-nuisance noise on every AU.
+expression is a vector of FACS action-unit (AU) intensities: the AU combination
+this subject uses for the class (the EMFACS-style prototype or an EMFACS
+alternative, chosen once per subject), times the subject's strength of each
+AU and a random gain, plus nuisance noise on every AU (docs/data.md 4.3).
 
 The output matches the reference's "dark" datasets (docs/reference.md 5.2), which
 is what the FERAtt compositing renderer consumes:
@@ -51,7 +52,7 @@ from feratt_jax.data._raster import (
 )
 
 # Bump whenever the drawing changes: it is part of the face-bank cache key.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 FACE_SIZE = 128
 NUM_LANDMARKS = 68
@@ -79,6 +80,49 @@ PROTOTYPES: dict[int, dict[str, float]] = {
     7: {"U12": 1.0, "U14": 1.0},
 }
 
+# EMFACS lists several AU combinations per emotion, and posers differ in which
+# one they produce (docs/data.md 4.3). Each subject poses each class with one
+# of these, chosen once per subject; the first entry of every class is its
+# prototype above. Neutral has no alternative.
+POSING_VARIANTS: dict[int, tuple[dict[str, float], ...]] = {
+    0: (PROTOTYPES[0],),
+    1: (
+        PROTOTYPES[1],
+        {"AU12": 1.0, "AU25": 0.5},  # posed (non-Duchenne) smile: no cheek raise
+        {"AU6": 0.8, "AU12": 1.0},  # closed-lip smile
+    ),
+    2: (
+        PROTOTYPES[2],
+        {"AU1": 1.0, "AU2": 1.0, "AU25": 0.8, "AU26": 0.8},  # brows and jaw, lids not raised
+        {"AU5": 1.0, "AU25": 1.0, "AU26": 1.0},  # lids and jaw, brows not raised
+    ),
+    3: (
+        PROTOTYPES[3],
+        {"AU1": 1.0, "AU4": 0.8, "AU15": 1.0},
+        {"AU6": 0.6, "AU15": 1.0, "AU17": 0.6},
+    ),
+    4: (
+        PROTOTYPES[4],
+        {"AU4": 1.0, "AU5": 0.6, "AU7": 1.0, "AU17": 0.8, "AU24": 1.0},
+        {"AU4": 1.0, "AU7": 1.0, "AU10": 0.6, "AU23": 1.0, "AU25": 0.6},
+    ),
+    5: (
+        PROTOTYPES[5],
+        {"AU4": 0.4, "AU9": 1.0, "AU17": 0.7},
+        {"AU10": 1.0, "AU17": 0.8, "AU25": 0.4},
+    ),
+    6: (
+        PROTOTYPES[6],
+        {"AU1": 1.0, "AU2": 0.8, "AU4": 1.0, "AU5": 1.0},  # brows and lids, mouth closed
+        {"AU1": 1.0, "AU2": 1.0, "AU4": 0.6, "AU5": 1.0, "AU25": 1.0, "AU26": 0.8},  # no lip stretch
+    ),
+    7: (
+        PROTOTYPES[7],
+        {"U14": 1.0},
+        {"U12": 0.6, "U14": 1.0},
+    ),
+}
+
 # Realistic skin luminances (dark to light, already in grey) and hair shades;
 # sampling along a palette avoids implausible tones (docs/data.md 4.3).
 _SKIN_STOPS = np.array([0.30, 0.40, 0.50, 0.58, 0.65, 0.72])
@@ -87,6 +131,7 @@ _HAIR_SHADES = np.array([0.06, 0.12, 0.20, 0.32, 0.45, 0.58, 0.68])
 # Stream tags keep identity and per-face random streams independent.
 _ID_STREAM = 0x1D
 _FACE_STREAM = 0xFA
+_POSER_STREAM = 0x90
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +151,24 @@ class GeneratorConfig:
       beard_prob: probability an identity has a beard (distractor).
       bald_prob: probability an identity has no hair.
       floor: the dark format's additive floor (0.2 gives face pixels >= 51).
+      posing_variation: probability that a subject poses a class with one of
+        its alternative AU combinations (``POSING_VARIANTS``) rather than the
+        prototype; chosen once per subject and class. 0 gives every subject
+        the prototype (generator version 2's behaviour).
+      expressiveness_spread: std of the per-subject, per-AU intensity factor
+        (a poser's own strength of each muscle), clipped to [0.4, 1.4].
+      motion_scale: scale of every AU-driven movement of a feature (brows,
+        lids, lip corners, mouth opening, jaw, nose wings); the appearance
+        changes (folds, furrows, shading) keep their strength. 1 is generator
+        version 2's exaggerated motion.
+      fold_contrast: strength of the AU folds, furrows, wrinkles and bulges
+        (the luminance change of each, relative to 1); 1 is generator
+        version 2's.
+      wrinkle_contrast: darkness of the fine AU wrinkles (:func:`_draw_wrinkles`;
+        a line darkens the skin by half this); 0 draws none, as version 2.
+      shading_contrast: scale of the broad AU shading (cheek bulge, brow
+        shadow, chin boss, hollowed cheeks) in :func:`_shading`; 1 is
+        generator version 2's amplitude.
     """
 
     gain_range: tuple[float, float] = (0.6, 1.0)
@@ -118,16 +181,33 @@ class GeneratorConfig:
     beard_prob: float = 0.1
     bald_prob: float = 0.12
     floor: float = 0.2
+    posing_variation: float = 0.5
+    expressiveness_spread: float = 0.2
+    motion_scale: float = 1.0
+    fold_contrast: float = 1.0
+    wrinkle_contrast: float = 0.0
+    shading_contrast: float = 1.0
 
     def __post_init__(self) -> None:
         lo, hi = self.gain_range
         if not 0.0 <= lo <= hi <= 1.5:
             raise ValueError(f"gain_range must satisfy 0 <= lo <= hi <= 1.5, got {self.gain_range}")
-        for name in ("glasses_prob", "beard_prob", "bald_prob"):
+        for name in ("glasses_prob", "beard_prob", "bald_prob", "posing_variation"):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"GeneratorConfig.{name} must be a probability in [0, 1], got {p}")
-        for name in ("au_noise", "pose_jitter", "blur_sigma", "texture_amplitude", "lighting_amplitude"):
+        for name in (
+            "au_noise",
+            "pose_jitter",
+            "blur_sigma",
+            "texture_amplitude",
+            "lighting_amplitude",
+            "expressiveness_spread",
+            "shading_contrast",
+            "motion_scale",
+            "fold_contrast",
+            "wrinkle_contrast",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"GeneratorConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.floor < 1.0:
@@ -201,6 +281,10 @@ class Identity:
     beard: float
     mole: tuple[float, float] | None
     texture: np.ndarray  # (FACE_SIZE, FACE_SIZE) float32 band-pass noise
+    # How this subject poses: an index into POSING_VARIANTS[c] per class, and
+    # a strength factor per AU.
+    posing: np.ndarray  # (NUM_CLASSES,) int
+    expressiveness: np.ndarray  # (len(AU_NAMES),) float
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
@@ -235,6 +319,15 @@ def sample_identity(seed: int, subject: int, config: GeneratorConfig = Generator
     mole = None
     if u() < 0.25:
         mole = (float(u(-0.22, 0.22)), float(u(-0.05, 0.3)))
+    # Its own stream, so the posing settings never change how a subject looks.
+    pr = _rng(seed, _POSER_STREAM, subject)
+    posing = np.zeros(NUM_CLASSES, np.int64)
+    for c in range(NUM_CLASSES):
+        n_alt = len(POSING_VARIANTS[c]) - 1
+        alt = pr.integers(1, n_alt + 1) if n_alt else 0
+        if pr.uniform() < config.posing_variation:
+            posing[c] = alt
+    expressiveness = np.clip(pr.normal(1.0, config.expressiveness_spread, size=len(AU_NAMES)), 0.4, 1.4)
     return Identity(
         subject=int(subject),
         cx=0.5 + float(r.normal(0, 0.008)),
@@ -275,18 +368,26 @@ def sample_identity(seed: int, subject: int, config: GeneratorConfig = Generator
         beard=float(u(0.25, 0.5)) if u() < config.beard_prob else 0.0,
         mole=mole,
         texture=tex.astype(np.float32),
+        posing=posing,
+        expressiveness=expressiveness,
     )
 
 
 def sample_action_units(
-    label: int, rng: np.random.Generator, config: GeneratorConfig = GeneratorConfig()
+    label: int,
+    rng: np.random.Generator,
+    config: GeneratorConfig = GeneratorConfig(),
+    identity: Identity | None = None,
 ) -> np.ndarray:
-    """AU intensities for one face: prototype x gain + nuisance, clipped to [0, 1].
+    """AU intensities for one face: the poser's AU combination x gain + nuisance, clipped to [0, 1].
 
     Args:
       label: class in the unified order.
       rng: random stream of this face.
       config: generator parameters.
+      identity: the subject; its ``posing`` picks the class's AU combination
+        from ``POSING_VARIANTS`` and its ``expressiveness`` scales each AU.
+        ``None`` poses the prototype at full strength.
 
     Returns:
       (len(AU_NAMES),) float32 vector.
@@ -296,10 +397,13 @@ def sample_action_units(
     au = np.zeros(len(AU_NAMES), np.float64)
     gain = rng.uniform(*config.gain_range)
     side = "L" if rng.uniform() < 0.5 else "R"
-    for name, w in PROTOTYPES[label].items():
+    combo = PROTOTYPES[label] if identity is None else POSING_VARIANTS[label][int(identity.posing[label])]
+    for name, w in combo.items():
         if name.startswith("U"):
             name = side + name[1:]
         au[_AU[name]] = w * gain
+    if identity is not None:
+        au *= identity.expressiveness
     au += rng.normal(0.0, config.au_noise, size=au.shape)
     return np.clip(au, 0.0, 1.0).astype(np.float32)
 
@@ -378,7 +482,8 @@ class _Face:
     """State shared by the feature drawers of one face (canvas units)."""
 
     idn: Identity
-    a: dict[str, float]  # AU intensities by name
+    a: dict[str, float]  # AU intensities by name: appearance (shading, folds, opacity)
+    g: dict[str, float]  # AU intensities that move features (a x GeneratorConfig.motion_scale)
     cv: _Canvas
     rng: np.random.Generator
     lms: np.ndarray  # (68, 2) landmarks being filled in
@@ -388,6 +493,11 @@ class _Face:
     nose_w: float = 0.0
     eyes: dict[int, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
     corner: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+    fold_contrast: float = 1.0
+
+    def fold(self, pts: np.ndarray, factor: float, opacity: float = 1.0) -> None:
+        """An AU's fold, furrow or bulge: scales the luminance under ``pts`` by ``factor``, strengthened by ``fold_contrast``."""
+        self.cv.scale(pts, max(1.0 + self.fold_contrast * (factor - 1.0), 0.05), opacity=opacity)
 
     @property
     def cx(self) -> float:
@@ -404,7 +514,7 @@ def _draw_head(f: _Face) -> None:
     idn, cv = f.idn, f.cv
     ctr = np.array([idn.cx, idn.cy])
     # AU26 drops the jaw: the lower face lengthens.
-    jaw_drop = f.a["AU26"]
+    jaw_drop = f.g["AU26"]
     cv.fill(_outline(idn, np.linspace(0.0, 2 * np.pi, 72, endpoint=False), jaw_drop), idn.skin, to_mask=True, sub=3)
     # Jaw landmarks 0..16: from the image-left ear level, round the chin, to the right.
     delta = 0.15
@@ -440,24 +550,24 @@ def _draw_forehead(f: _Face) -> None:
             y0 = f.eye_y - idn.brow_h - 0.055 - 0.032 * j
             p0, p2 = np.array([cx - half, y0 + 0.01]), np.array([cx + half, y0 + 0.01])
             curve = quad_bezier(p0, control_for_mid(p0, np.array([cx, y0 - 0.004 * a["AU1"]]), p2), p2, 14)
-            cv.scale(thick_curve(curve, 0.009), 0.76, opacity=op)
-            cv.scale(thick_curve(curve + np.array([0.0, 0.012]), 0.008), 1.12, opacity=op)
+            f.fold(thick_curve(curve, 0.009), 0.76, opacity=op)
+            f.fold(thick_curve(curve + np.array([0.0, 0.012]), 0.008), 1.12, opacity=op)
     op = _fade(a["AU4"], 0.25, 1.8)
     if op > 0:
         # Lowered, drawn-together brows bunch the skin between them: vertical
         # furrows and a shaded bulge over the nose root.
         top, bottom = f.eye_y - idn.brow_h - 0.03, f.eye_y - idn.brow_h + 0.04
-        cv.scale(ellipse_poly(cx, 0.5 * (top + bottom), 0.035, 0.045, 18), 0.8, opacity=op)
+        f.fold(ellipse_poly(cx, 0.5 * (top + bottom), 0.035, 0.045, 18), 0.8, opacity=op)
         for s in (-1, 1):
             seg = np.array([[cx + s * 0.012, top], [cx + s * 0.016, bottom]])
-            cv.scale(thick_curve(seg, 0.011, 0.008), 0.66, opacity=op)
+            f.fold(thick_curve(seg, 0.011, 0.008), 0.66, opacity=op)
 
 
 def _draw_eyes(f: _Face) -> None:
     """Eyes with AU5 (lid raise), AU6/AU7 (lower lid up, bulge) and crow's feet; landmarks 36-47."""
-    idn, cv, a, cx, lms = f.idn, f.cv, f.a, f.cx, f.lms
-    up_ap = idn.eye_h * (1 + 1.1 * a["AU5"]) * (1 - 0.5 * a["AU7"]) * (1 - 0.2 * a["AU4"]) * (1 - 0.15 * a["AU6"])
-    lo_ap = idn.eye_h * idn.eye_lower * (1 + 0.5 * a["AU5"]) * (1 - 0.75 * a["AU6"]) * (1 - 0.6 * a["AU7"])
+    idn, cv, a, g, cx, lms = f.idn, f.cv, f.a, f.g, f.cx, f.lms
+    up_ap = idn.eye_h * (1 + 1.1 * g["AU5"]) * (1 - 0.5 * g["AU7"]) * (1 - 0.2 * g["AU4"]) * (1 - 0.15 * g["AU6"])
+    lo_ap = idn.eye_h * idn.eye_lower * (1 + 0.5 * g["AU5"]) * (1 - 0.75 * g["AU6"]) * (1 - 0.6 * g["AU7"])
     lo_ap = max(lo_ap, 0.002)
     gaze = f.rng.uniform(-0.3, 0.3) * idn.eye_hw
     for s in (-1, 1):
@@ -466,7 +576,7 @@ def _draw_eyes(f: _Face) -> None:
         ey = f.eye_y + (idn.asym[0] if s < 0 else -idn.asym[0])
         inner = np.array([ex - s * idn.eye_hw, ey])
         # AU7 straightens the lower lid and lifts the outer corner slightly.
-        outer = np.array([ex + s * idn.eye_hw, ey + idn.eye_tilt - 0.006 * a["AU7"]])
+        outer = np.array([ex + s * idn.eye_hw, ey + idn.eye_tilt - 0.006 * g["AU7"]])
         mid = 0.5 * (inner + outer)
         c_up = control_for_mid(inner, mid - np.array([0.0, up_ap]), outer)
         c_lo = control_for_mid(inner, mid + np.array([0.0, lo_ap]), outer)
@@ -491,7 +601,7 @@ def _draw_eyes(f: _Face) -> None:
         bulge = max(a["AU7"], a["AU6"])
         if bulge > 0.15:
             under = lower + np.array([0.0, 0.014])
-            cv.scale(thick_curve(under[2:-2], 0.012, 0.012), 0.8, opacity=_fade(bulge, 0.15, 1.5))
+            f.fold(thick_curve(under[2:-2], 0.012, 0.012), 0.8, opacity=_fade(bulge, 0.15, 1.5))
         f.eyes[k] = {"inner": inner, "outer": outer, "center": np.array([ex, ey])}
         # iBUG: 36-41 image-left eye from the outer corner, 42-47 image-right eye from the inner corner.
         if s < 0:
@@ -508,21 +618,21 @@ def _draw_eyes(f: _Face) -> None:
             for ang in (-0.4, 0.0, 0.4):
                 d = np.array([s * math.cos(ang), math.sin(ang)])
                 p0 = outer + s * np.array([0.01, 0.0])
-                cv.scale(thick_curve(np.stack([p0, p0 + 0.04 * d]), 0.008, 0.003), 0.72, opacity=op)
+                f.fold(thick_curve(np.stack([p0, p0 + 0.04 * d]), 0.008, 0.003), 0.72, opacity=op)
 
 
 def _draw_brows(f: _Face) -> None:
     """Brows: AU1 lifts the inner ends, AU2 the outer ends, AU4 (and AU9) lower and join them; landmarks 17-26."""
-    idn, cv, a, cx = f.idn, f.cv, f.a, f.cx
+    idn, cv, a, g, cx = f.idn, f.cv, f.a, f.g, f.cx
     th = idn.brow_th * (1 + 0.3 * a["AU4"])
-    lower = a["AU4"] + 0.4 * a["AU9"]
+    lower = g["AU4"] + 0.4 * g["AU9"]
     for s in (-1, 1):
         by = f.eyes[0 if s < 0 else 1]["center"][1] - idn.brow_h + (idn.asym[1] if s < 0 else -idn.asym[1])
         inner = np.array(
-            [cx + s * (idn.brow_gap - 0.025 * a["AU4"] + idn.asym[3]), by - 0.075 * a["AU1"] + 0.065 * lower]
+            [cx + s * (idn.brow_gap - 0.025 * g["AU4"] + idn.asym[3]), by - 0.075 * g["AU1"] + 0.065 * lower]
         )
-        outer = np.array([cx + s * (idn.brow_gap + idn.brow_len), by + 0.15 * idn.brow_h - 0.07 * a["AU2"] + 0.015 * lower])
-        mid = 0.5 * (inner + outer) - np.array([0.0, idn.brow_arch + 0.025 * a["AU2"]])
+        outer = np.array([cx + s * (idn.brow_gap + idn.brow_len), by + 0.15 * idn.brow_h - 0.07 * g["AU2"] + 0.015 * lower])
+        mid = 0.5 * (inner + outer) - np.array([0.0, idn.brow_arch + 0.025 * g["AU2"]])
         ctrl = control_for_mid(inner, mid, outer)
         cv.fill(thick_curve(quad_bezier(inner, ctrl, outer, 16), th, 0.55 * th), idn.brow_lum)
         pts = bezier_at(inner, ctrl, outer, np.linspace(0.0, 1.0, 5))
@@ -536,9 +646,9 @@ def _draw_nose(f: _Face) -> None:
     """Nose with AU9 (wrinkled bridge, raised and flared wings); landmarks 27-35."""
     idn, cv, a, cx, ey = f.idn, f.cv, f.a, f.cx, f.eye_y
     f.lms[27:31] = np.stack([np.full(4, cx), ey - 0.01 + np.arange(4) * (idn.nose_len + 0.01) / 3.0], axis=1)
-    nw = idn.nose_w * (1 + 0.25 * a["AU9"] + 0.1 * a["AU10"])
+    nw = idn.nose_w * (1 + 0.25 * f.g["AU9"] + 0.1 * f.g["AU10"])
     f.nose_w = nw
-    wing_up = 0.02 * a["AU9"] + 0.008 * a["AU10"]
+    wing_up = 0.02 * f.g["AU9"] + 0.008 * f.g["AU10"]
     base_y = f.tip_y + 0.018 - wing_up
     f.lms[31:36] = np.array(
         [
@@ -565,18 +675,18 @@ def _draw_nose(f: _Face) -> None:
     if op > 0:
         # Nose wrinkle: the skin of the bridge folds into dark oblique bands
         # between bright ridges, over a shaded nose root.
-        cv.scale(ellipse_poly(cx, ey + 0.02, 0.035, 0.035, 18), 0.82, opacity=op)
+        f.fold(ellipse_poly(cx, ey + 0.02, 0.035, 0.035, 18), 0.82, opacity=op)
         for s in (-1, 1):
             for j in range(3):
                 p0 = np.array([cx + s * 0.004, ey + 0.004 + 0.02 * j])
                 seg = np.stack([p0, p0 + np.array([s * 0.04, 0.02])])
-                cv.scale(thick_curve(seg, 0.008), 0.68, opacity=op)
-                cv.scale(thick_curve(seg + np.array([0.0, 0.01]), 0.006), 1.15, opacity=op)
+                f.fold(thick_curve(seg, 0.008), 0.68, opacity=op)
+                f.fold(thick_curve(seg + np.array([0.0, 0.01]), 0.006), 1.15, opacity=op)
 
 
 def _mouth_corners(f: _Face) -> None:
     """Lip corners: AU12 pulls them up and out, AU15 down, AU20 sideways, AU23/24 in, AU14 in and up."""
-    idn, a = f.idn, f.a
+    idn, a = f.idn, f.g
     u12 = {-1: a["L12"], 1: a["R12"]}
     u14 = {-1: a["L14"], 1: a["R14"]}
     tight = max(a["AU23"], a["AU24"])
@@ -610,38 +720,38 @@ def _draw_cheeks(f: _Face) -> None:
             ctrl = 0.5 * (p0 + p2) + np.array([s * 0.03, -0.005])
             curve = quad_bezier(p0, ctrl, p2, 14)
             op = min(1.0, fold * 1.2)
-            cv.scale(thick_curve(curve, 0.014, 0.006), 0.66, opacity=op)
-            cv.scale(thick_curve(curve + np.array([s * 0.016, -0.004]), 0.016, 0.008), 1.16, opacity=op)
+            f.fold(thick_curve(curve, 0.014, 0.006), 0.66, opacity=op)
+            f.fold(thick_curve(curve + np.array([s * 0.016, -0.004]), 0.016, 0.008), 1.16, opacity=op)
         if u14[s] > 0.1:
             # AU14 tightens one corner into a dimple: a shaded pit beside the
             # corner, with the tightened corner bulging next to it.
             d = f.corner[s] + np.array([s * 0.018, -0.002])
             op = _fade(u14[s], 0.1, 1.5)
-            cv.scale(ellipse_poly(d[0], d[1], 0.014, 0.026, 16), 0.6, opacity=op)
-            cv.scale(ellipse_poly(d[0] - s * 0.016, d[1] - 0.004, 0.01, 0.014, 12), 1.18, opacity=op)
+            f.fold(ellipse_poly(d[0], d[1], 0.014, 0.026, 16), 0.6, opacity=op)
+            f.fold(ellipse_poly(d[0] - s * 0.016, d[1] - 0.004, 0.01, 0.014, 12), 1.18, opacity=op)
         op = _fade(a["AU15"], 0.2, 1.5)
         if op > 0:
             # AU15 pulls the skin below the corners down into short oblique folds.
             p0 = f.corner[s] + np.array([s * 0.004, 0.006])
             seg = np.stack([p0, p0 + np.array([s * 0.012, 0.045])])
-            cv.scale(thick_curve(seg, 0.01, 0.005), 0.7, opacity=op)
+            f.fold(thick_curve(seg, 0.01, 0.005), 0.7, opacity=op)
 
 
 def _draw_mouth(f: _Face) -> None:
     """Lips and mouth opening (AU10/12/15/17/20/23/24/25/26); landmarks 48-67."""
-    idn, cv, a, cx = f.idn, f.cv, f.a, f.cx
-    u12 = {-1: a["L12"], 1: a["R12"]}
+    idn, cv, a, g, cx = f.idn, f.cv, f.a, f.g, f.cx
+    u12 = {-1: g["L12"], 1: g["R12"]}
     cl, cr_ = f.corner[-1], f.corner[1]
-    centre_y = f.mouth_y - 0.012 * a["AU12"] - 0.012 * (u12[-1] + u12[1])
+    centre_y = f.mouth_y - 0.012 * g["AU12"] - 0.012 * (u12[-1] + u12[1])
     # AU25 parts the lips, AU26 drops the jaw (an opening that grows faster at
     # high intensity, the mouth stretch of a surprised face); a smile opens
     # into a crescent, AU20 into a wide slot.
-    opening = 0.025 * a["AU25"] + 0.07 * a["AU26"] + 0.05 * a["AU26"] ** 2 + 0.045 * a["AU20"] * min(1.0, 3 * a["AU26"])
-    open_u = 0.3 * opening + 0.035 * a["AU10"] + 0.005 * a["AU12"]
-    open_l = max(0.7 * opening + 0.05 * a["AU12"] * a["AU25"] ** 0.5 - 0.015 * a["AU17"], -open_u)
-    press = max(1 - 0.7 * a["AU23"] - 0.6 * a["AU24"], 0.2)
+    opening = 0.025 * g["AU25"] + 0.07 * g["AU26"] + 0.05 * g["AU26"] ** 2 + 0.045 * g["AU20"] * min(1.0, 3 * g["AU26"])
+    open_u = 0.3 * opening + 0.035 * g["AU10"] + 0.005 * g["AU12"]
+    open_l = max(0.7 * opening + 0.05 * g["AU12"] * g["AU25"] ** 0.5 - 0.015 * g["AU17"], -open_u)
+    press = max(1 - 0.7 * g["AU23"] - 0.6 * g["AU24"], 0.2)
     tu = idn.lip_u * press
-    tl = idn.lip_l * press * (1 + 0.3 * a["AU17"])
+    tl = idn.lip_l * press * (1 + 0.3 * g["AU17"])
     ui_mid = np.array([cx, centre_y - open_u])
     li_mid = np.array([cx, centre_y + open_l])
     uo_mid = ui_mid - np.array([0.0, tu])
@@ -655,10 +765,10 @@ def _draw_mouth(f: _Face) -> None:
     uo, lo = quad_bezier(cl, c_uo, cr_, n), quad_bezier(cl, c_lo, cr_, n)
     if a["AU10"] > 0.1:
         # AU10 lifts the middle of the upper lip more than its sides (an angular upper lip).
-        bump = 0.02 * a["AU10"] * np.sin(np.linspace(0.0, np.pi, n)) ** 2
+        bump = 0.02 * g["AU10"] * np.sin(np.linspace(0.0, np.pi, n)) ** 2
         ui = ui - np.stack([np.zeros(n), bump], axis=1)
         uo = uo - np.stack([np.zeros(n), bump], axis=1)
-    if opening + 0.03 * a["AU10"] + 0.02 * a["AU12"] > 0.004:
+    if opening + 0.03 * g["AU10"] + 0.02 * g["AU12"] > 0.004:
         cv.fill(np.concatenate([ui, li[::-1]], axis=0), 0.07)
         teeth_h = 0.026
         if a["AU12"] > 0.25 or a["AU10"] > 0.3:
@@ -677,13 +787,13 @@ def _draw_mouth(f: _Face) -> None:
         # Pressed lips bulge the skin above and below them.
         for dy, w in ((-0.028, 0.026), (0.032, 0.026)):
             band = quad_bezier(cl, control_for_mid(cl, np.array([cx, centre_y + dy]), cr_), cr_, 12)[2:-2]
-            cv.scale(thick_curve(band, w), 0.72, opacity=op)
+            f.fold(thick_curve(band, w), 0.72, opacity=op)
     op = _fade(a["AU17"], 0.2, 2.0)
     if op > 0:
         # AU17 pushes the chin boss up: a deep furrow under the lower lip.
         p0, p2 = np.array([cx - 0.055, lo_mid[1] + 0.03]), np.array([cx + 0.055, lo_mid[1] + 0.03])
         curve = quad_bezier(p0, control_for_mid(p0, 0.5 * (p0 + p2) + np.array([0, 0.014]), p2), p2, 12)
-        cv.scale(thick_curve(curve, 0.015, 0.015), 0.66, opacity=op)
+        f.fold(thick_curve(curve, 0.015, 0.015), 0.66, opacity=op)
     lms = f.lms
     lms[48] = cl
     lms[49:54] = bezier_at(cl, c_uo, cr_, np.arange(1, 6) / 6.0)
@@ -693,6 +803,70 @@ def _draw_mouth(f: _Face) -> None:
     lms[61:64] = bezier_at(cl, c_ui, cr_, np.array([0.25, 0.5, 0.75]))
     lms[64] = cr_ - np.array([0.006, 0.0])
     lms[65:68] = bezier_at(cl, c_li, cr_, np.array([0.75, 0.5, 0.25]))
+
+
+def _draw_wrinkles(f: _Face, contrast: float) -> None:
+    """Fine wrinkles of the AUs: thin dark lines a few hundredths of the face apart.
+
+    Real peak expressions also change skin texture at a fine scale (forehead
+    lines, crow's feet, glabellar lines, nose and lip wrinkles, the stippled
+    chin of AU17). At this spacing (about 2.5 px of a 64 px render, 1.3 px of
+    a 32 px input) they are visible to a model that sees the face at 64 px or
+    more and average away at 32 px: class information that a 32x32 baseline
+    cannot use, as on real faces.
+    """
+    idn, a, cx, ey = f.idn, f.a, f.cx, f.eye_y
+    dark, lit = max(1.0 - 0.5 * contrast, 0.05), 1.0 + 0.5 * contrast
+
+    def line(pts: np.ndarray, width: float, op: float) -> None:
+        # A dark furrow with a lit ridge beside it: the pair keeps the local
+        # mean, so it vanishes once a pixel spans both.
+        if op > 0:
+            d = pts[-1] - pts[0]
+            n = np.array([-d[1], d[0]]) / max(float(np.hypot(*d)), 1e-9)
+            f.cv.scale(thick_curve(pts, width), dark, opacity=op)
+            f.cv.scale(thick_curve(pts + width * n, width), lit, opacity=op)
+
+    raise_ = max(a["AU1"], a["AU2"])
+    op = _fade(raise_, 0.2, 1.6)
+    half = 0.05 + 0.1 * min(1.0, a["AU2"] / max(raise_, 1e-6))
+    for j in range(4):  # forehead lines (AU1 centre, AU2 sides)
+        y0 = ey - idn.brow_h - 0.04 - 0.045 * j
+        xs = np.linspace(cx - half, cx + half, 12)
+        line(np.stack([xs, y0 + 0.006 * ((xs - cx) / half) ** 2], axis=1), 0.01, op)
+    op = _fade(a["AU4"], 0.25, 1.8)
+    for s in (-1, 1):  # glabellar lines
+        for off in (0.014, 0.04):
+            x0 = cx + s * off
+            line(np.array([[x0, ey - idn.brow_h - 0.035], [x0 - s * 0.004, ey - idn.brow_h + 0.035]]), 0.009, op)
+    op = _fade(a["AU6"], 0.2, 1.5)
+    for k in (0, 1):  # crow's feet
+        s = -1 if k == 0 else 1
+        o = f.eyes[k]["outer"] + np.array([s * 0.012, 0.0])
+        for ang in (-0.6, -0.2, 0.2, 0.6):
+            d = np.array([s * math.cos(ang), math.sin(ang)])
+            line(np.stack([o, o + 0.055 * d]), 0.008, op)
+    op = _fade(a["AU9"], 0.15, 1.6)
+    for j in range(4):  # nose-bridge wrinkles
+        y0 = ey + 0.024 * j
+        line(np.array([[cx - 0.03, y0], [cx + 0.03, y0]]), 0.008, op)
+    op = _fade(max(a["AU23"], a["AU24"]), 0.25, 1.6)
+    for i in range(-3, 4):  # vertical lines of pressed lips
+        x0 = cx + 0.022 * i
+        line(np.array([[x0, f.mouth_y - 0.03], [x0, f.mouth_y + 0.035]]), 0.007, op)
+    op = _fade(a["AU17"], 0.2, 2.0)
+    if op > 0:  # the stippled ("orange peel") chin
+        for i in range(-2, 3):
+            for j in range(3):
+                x0, y0 = cx + 0.03 * i + 0.015 * (j % 2), f.mouth_y + 0.07 + 0.028 * j
+                f.cv.scale(ellipse_poly(x0, y0, 0.007, 0.007, 8), dark, opacity=op)
+                f.cv.scale(ellipse_poly(x0 + 0.01, y0 - 0.01, 0.007, 0.007, 8), lit, opacity=op)
+    op = _fade(a["AU15"], 0.2, 1.5)
+    for s in (-1, 1):  # marionette lines below the depressed corners
+        c = f.corner[s]
+        for off in (0.012, 0.036):
+            p0 = c + np.array([s * off, 0.012])
+            line(np.stack([p0, p0 + np.array([s * 0.006, 0.05])]), 0.008, op)
 
 
 def _draw_distractors(f: _Face) -> None:
@@ -730,29 +904,30 @@ def _shading(f: _Face, config: GeneratorConfig) -> np.ndarray:
     phi = f.rng.uniform(0, 2 * np.pi)
     amp = f.rng.uniform(0, config.lighting_amplitude)
     gain *= 1.0 + amp * (math.cos(phi) * (xx - hx) / idn.face_a + math.sin(phi) * (yy - hy) / idn.face_b)
+    amp_au = config.shading_contrast
     u12 = {0: a["L12"], 1: a["R12"]}
     for k in (0, 1):
         e = f.eyes[k]["center"]
         ex, ey = pc(*e)
         s = -1 if k == 0 else 1
         # Eye sockets; AU4 deepens their shadow under the lowered brow.
-        gain *= 1.0 - (0.12 + 0.2 * a["AU4"]) * _gauss_blob(xx, yy, ex, ey - 0.015, 0.06, 0.035)
+        gain *= 1.0 - (0.12 + amp_au * 0.2 * a["AU4"]) * _gauss_blob(xx, yy, ex, ey - 0.015, 0.06, 0.035)
         # AU6 (and a strong AU12) raise the cheeks: a lit bulge under the eye
         # with a shadow between it and the lower lid.
         cheek = a["AU6"] + 0.6 * max(a["AU12"], u12[k])
         if cheek > 0.05:
             bx, by = pc(e[0] + s * 0.01, e[1] + 0.085 - 0.02 * cheek)
-            gain *= 1.0 + 0.2 * cheek * _gauss_blob(xx, yy, bx, by, 0.05, 0.032)
+            gain *= 1.0 + amp_au * 0.2 * cheek * _gauss_blob(xx, yy, bx, by, 0.05, 0.032)
             sx_, sy_ = pc(e[0], e[1] + 0.04)
-            gain *= 1.0 - 0.12 * a["AU6"] * _gauss_blob(xx, yy, sx_, sy_, 0.045, 0.012)
+            gain *= 1.0 - amp_au * 0.12 * a["AU6"] * _gauss_blob(xx, yy, sx_, sy_, 0.045, 0.012)
     if a["AU17"] > 0.05:
         bx, by = pc(idn.cx, f.mouth_y + 0.085 + 0.04 * a["AU26"])
-        gain *= 1.0 + 0.2 * a["AU17"] * _gauss_blob(xx, yy, bx, by, 0.045, 0.025)
+        gain *= 1.0 + amp_au * 0.2 * a["AU17"] * _gauss_blob(xx, yy, bx, by, 0.045, 0.025)
     if a["AU26"] > 0.05:
         # The dropped jaw hollows the cheeks beside the open mouth.
         for s in (-1, 1):
             bx, by = pc(idn.cx + s * 0.17, f.mouth_y - 0.01)
-            gain *= 1.0 - 0.12 * a["AU26"] * _gauss_blob(xx, yy, bx, by, 0.035, 0.06)
+            gain *= 1.0 - amp_au * 0.12 * a["AU26"] * _gauss_blob(xx, yy, bx, by, 0.035, 0.06)
     return gain.astype(np.float32)
 
 
@@ -783,7 +958,20 @@ def render_face(
     lin = np.array([[cr, -sr], [sr, cr]])
     ctr = np.array([idn.cx, idn.cy])
     pose = np.concatenate([lin, (ctr - lin @ ctr + shift)[:, None]], axis=1)
-    f = _Face(idn=idn, a=a, cv=_Canvas(FACE_SIZE, pose), rng=rng, lms=np.zeros((NUM_LANDMARKS, 2), np.float64))
+    # A long face with its jaw dropped (AU26) can reach past the canvas: lift
+    # it so the chin stays on it (about 1 % of faces, most of them surprise).
+    chin = pose[:, :2] @ _outline(idn, np.array([np.pi / 2]), config.motion_scale * a["AU26"])[0] + pose[:, 2]
+    pose[1, 2] -= max(0.0, float(chin[1]) - 1.0)
+    g = {name: v * config.motion_scale for name, v in a.items()}
+    f = _Face(
+        idn=idn,
+        a=a,
+        g=g,
+        cv=_Canvas(FACE_SIZE, pose),
+        rng=rng,
+        lms=np.zeros((NUM_LANDMARKS, 2), np.float64),
+        fold_contrast=config.fold_contrast,
+    )
     f.eye_y = idn.cy + idn.eye_dy
     f.tip_y = f.eye_y + idn.nose_len
     f.mouth_y = f.tip_y + idn.mouth_dy
@@ -796,6 +984,8 @@ def render_face(
     _mouth_corners(f)
     _draw_cheeks(f)
     _draw_mouth(f)
+    if config.wrinkle_contrast > 0:
+        _draw_wrinkles(f, config.wrinkle_contrast)
     _draw_distractors(f)
     cv = f.cv
     lum = cv.lum * _shading(f, config)
@@ -841,7 +1031,7 @@ def generate_face(
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}")
     rng = _rng(seed, _FACE_STREAM, subject, label, index)
-    au = sample_action_units(label, rng, config)
+    au = sample_action_units(label, rng, config, identity)
     image, mask, lms = render_face(identity, au, rng, config)
     return {
         "image": image,

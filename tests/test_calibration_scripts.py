@@ -1,0 +1,49 @@
+"""experiments/hog_probe.py and experiments/generator_sweep.py: argument checks and the 32 px view (the probes themselves are not run here)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import experiment_scripts
+
+
+def test_generator_overrides_are_parsed_and_checked_before_any_work():
+    hp = experiment_scripts.load("hog_probe")
+    assert hp.parse_generator_overrides(["posing_variation=0.25", "gain_range=0.5,0.9"]) == {
+        "posing_variation": 0.25,
+        "gain_range": [0.5, 0.9],
+    }
+    with pytest.raises(ValueError, match="posing_variaton"):
+        hp.parse_generator_overrides(["posing_variaton=0.25"])
+    with pytest.raises(ValueError, match="posing_variation"):
+        hp.parse_generator_overrides(["posing_variation=1.5"])  # a probability
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        hp.parse_generator_overrides(["posing_variation"])
+
+
+def test_half_resolution_is_an_area_average():
+    hp = experiment_scripts.load("hog_probe")
+    x = np.zeros((2, 64, 64))
+    x[:, :, 32:] = 1.0  # a vertical edge on a pixel boundary of both grids
+    half = hp._halve(x)
+    assert half.shape == (2, 32, 32)
+    np.testing.assert_allclose(half.mean(), x.mean(), atol=1e-6)
+    np.testing.assert_allclose(half[:, 16, 2], 0.0, atol=1e-3)
+    np.testing.assert_allclose(half[:, 16, -3], 1.0, atol=1e-3)
+
+
+def test_sweep_settings_and_bad_output_folder(tmp_path, monkeypatch):
+    gs = experiment_scripts.load("generator_sweep")
+    assert gs.parse_setting("x:motion_scale=0.7,fold_contrast=2") == ("x", {"motion_scale": 0.7, "fold_contrast": 2})
+    for name, gen in map(gs.parse_setting, gs.DEFAULT_SETTINGS):
+        assert name and isinstance(gen, dict)
+    with pytest.raises(ValueError, match="NAME:FIELD=VALUE"):
+        gs.parse_setting("motion_scale=0.7")
+    # A missing output folder stops the sweep before the first probe.
+    monkeypatch.setattr(gs.hog_probe, "run_probe", lambda **kw: pytest.fail("a probe ran"))
+    monkeypatch.setattr(sys, "argv", ["generator_sweep.py", "--out", str(tmp_path / "missing" / "s.json")])
+    with pytest.raises(SystemExit):
+        gs.main()
