@@ -686,18 +686,18 @@ def _draw_nose(f: _Face) -> None:
 
 def _mouth_corners(f: _Face) -> None:
     """Lip corners: AU12 pulls them up and out, AU15 down, AU20 sideways, AU23/24 in, AU14 in and up."""
-    idn, a = f.idn, f.g
-    u12 = {-1: a["L12"], 1: a["R12"]}
-    u14 = {-1: a["L14"], 1: a["R14"]}
-    tight = max(a["AU23"], a["AU24"])
-    hw = idn.mouth_hw * (1 + 0.3 * a["AU12"] + 0.45 * a["AU20"]) * (1 - 0.2 * tight) * (1 - 0.15 * a["AU26"])
+    idn, g = f.idn, f.g  # movements only
+    u12 = {-1: g["L12"], 1: g["R12"]}
+    u14 = {-1: g["L14"], 1: g["R14"]}
+    tight = max(g["AU23"], g["AU24"])
+    hw = idn.mouth_hw * (1 + 0.3 * g["AU12"] + 0.45 * g["AU20"]) * (1 - 0.2 * tight) * (1 - 0.15 * g["AU26"])
     for s in (-1, 1):
         x = f.cx + s * (hw + 0.02 * u12[s] - 0.004 * u14[s])
         y = (
             f.mouth_y
-            - 0.075 * a["AU12"]
-            + 0.065 * a["AU15"]
-            + 0.015 * a["AU20"]
+            - 0.075 * g["AU12"]
+            + 0.065 * g["AU15"]
+            + 0.015 * g["AU20"]
             - 0.1 * u12[s]
             - 0.012 * u14[s]
             + (idn.asym[2] if s < 0 else -idn.asym[2])
@@ -960,9 +960,9 @@ def render_face(
     pose = np.concatenate([lin, (ctr - lin @ ctr + shift)[:, None]], axis=1)
     # A long face with its jaw dropped (AU26) can reach past the canvas: lift
     # it so the chin stays on it (about 1 % of faces, most of them surprise).
-    chin = pose[:, :2] @ _outline(idn, np.array([np.pi / 2]), config.motion_scale * a["AU26"])[0] + pose[:, 2]
-    pose[1, 2] -= max(0.0, float(chin[1]) - 1.0)
     g = {name: v * config.motion_scale for name, v in a.items()}
+    chin = pose[:, :2] @ _outline(idn, np.array([np.pi / 2]), g["AU26"])[0] + pose[:, 2]
+    pose[1, 2] -= max(0.0, float(chin[1]) - 1.0)
     f = _Face(
         idn=idn,
         a=a,
