@@ -6,7 +6,8 @@ train-preset composites on which the paper's 32x32 baseline lands at 65-85 %.
 A knob can only separate the two figures if it moves what survives at 32 px
 differently from what HOG sees at 64 px; this sweep measures both for each
 setting (``experiments/hog_probe.py`` on the ``identity`` preset with
-``--half-resolution``), about a minute per setting on 2 CPU cores:
+``--half-resolution``), about a minute per fold and setting on 2 CPU cores
+(``--folds 1`` reproduces the first, single-fold sweep):
 
     python experiments/generator_sweep.py \
         --out experiments/results/benchmark_calibration/generator_sweep.json
@@ -57,7 +58,11 @@ def main() -> None:
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--setting", action="append", default=[], help="NAME:FIELD=VALUE,... (repeatable)")
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--folds", type=int, default=5, help="subject-independent folds each probe averages (hog_probe.py)")
+    p.add_argument("--seed", type=int, default=0, help="face-set seed (which 60 subjects are drawn)")
     a = p.parse_args()
+    if not 1 <= a.folds <= 5:
+        p.error(f"--folds {a.folds}: must be in [1, 5] (60 subjects, 12 per fold)")
     try:
         settings = [parse_setting(t) for t in (a.setting or DEFAULT_SETTINGS)]
     except ValueError as e:
@@ -67,7 +72,9 @@ def main() -> None:
         p.error(f"--out {out}: folder {out.parent} does not exist")
     rows = []
     for name, gen in settings:
-        res = hog_probe.run_probe(presets=("identity",), cache_dir=a.cache_dir, generator=gen, half_resolution=True)
+        res = hog_probe.run_probe(
+            presets=("identity",), cache_dir=a.cache_dir, generator=gen, half_resolution=True, folds=a.folds, seed=a.seed
+        )
         r = res["results"]["identity"]
         rows.append(
             {
@@ -80,7 +87,8 @@ def main() -> None:
             }
         )
         print(f"{name:18s} 64 px {r['clean_face_accuracy']:.3f}  32 px {r['clean_face_accuracy_32px']:.3f}", flush=True)
-        out.write_text(json.dumps({"generator_version": res["generator_version"], "settings": rows}, indent=2) + "\n")
+        meta = {"generator_version": res["generator_version"], "folds": a.folds, "seed": a.seed}
+        out.write_text(json.dumps({**meta, "settings": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

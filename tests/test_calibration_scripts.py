@@ -47,3 +47,25 @@ def test_sweep_settings_and_bad_output_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["generator_sweep.py", "--out", str(tmp_path / "missing" / "s.json")])
     with pytest.raises(SystemExit):
         gs.main()
+
+
+def test_fold_summary_averages_accuracies_and_per_class_figures():
+    hp = experiment_scripts.load("hog_probe")
+    folds = [
+        {"clean_face_accuracy": 0.8, "clean_face_per_class": {"neutral": 0.5, "fear": 1.0}},
+        {"clean_face_accuracy": 0.7, "clean_face_per_class": {"neutral": 0.7, "fear": 0.8}},
+    ]
+    s = hp.summarize_folds(folds)
+    assert s["clean_face_accuracy"] == 0.75
+    assert s["clean_face_accuracy_folds"] == [0.8, 0.7]
+    assert s["clean_face_accuracy_std"] == 0.05
+    assert s["clean_face_per_class"] == {"neutral": 0.6, "fear": 0.9}
+
+
+def test_probe_rejects_more_folds_than_subjects_allow_before_any_work(monkeypatch, capsys):
+    hp = experiment_scripts.load("hog_probe")
+    monkeypatch.setattr(hp, "run_probe", lambda *a, **kw: pytest.fail("a probe ran"))
+    monkeypatch.setattr(sys, "argv", ["hog_probe.py", "--subjects", "24", "--test-subjects", "12", "--folds", "3"])
+    with pytest.raises(SystemExit):
+        hp.main()
+    assert "--folds 3" in capsys.readouterr().err
