@@ -69,3 +69,13 @@ def test_probe_rejects_more_folds_than_subjects_allow_before_any_work(monkeypatc
     with pytest.raises(SystemExit):
         hp.main()
     assert "--folds 3" in capsys.readouterr().err
+
+
+def test_calibration_candidates_change_only_the_data_side():
+    from feratt_jax import configs
+
+    base = configs.load_config("preactresnet18:quick").to_dict()
+    for name in experiment_scripts.load("calibration_candidates").CANDIDATES:
+        cand = configs.load_config(f"{experiment_scripts.EXPERIMENTS / 'calibration_candidates.py'}:{name}").to_dict()
+        assert cand["model"] == base["model"] and cand["optimizer"] == base["optimizer"] and cand["loss"] == base["loss"], name
+        assert cand["data"]["render_preset"] == cand["data"]["eval_render_preset"] == "train", name

@@ -1,5 +1,9 @@
 """Benchmark-calibration candidates: the paper's baseline protocol on other face or dataset settings.
 
+A config file (``feratt train --config experiments/calibration_candidates.py:NAME``)
+kept out of ``experiments/configs/``, which holds only the packaged model
+configs (``--config MODEL[:SIZE]``).
+
 The calibration run of docs/training.md section 0 is the PreActResNet18
 ``:quick`` config on the ``train`` preset. A candidate changes only the data
 side (never a model), named by the argument:
@@ -9,7 +13,7 @@ side (never a model), named by the argument:
   dataset of BU-3DFE's size, 100 subjects with 10 per fold (80 train, 10
   validation, 10 test), instead of 200.
 
-    feratt train --config experiments/configs/calibration.py:v2_100subjects --workdir runs/cal_v2_100 \\
+    feratt train --config experiments/calibration_candidates.py:v2_100subjects --workdir runs/cal_v2_100 \\
         --config.train.num_steps=6000
 """
 
@@ -26,7 +30,7 @@ CANDIDATES = {
 
 def get_config(arg: str = "v2_100subjects"):
     if arg not in CANDIDATES:
-        raise ValueError(f"calibration.py:{arg}: unknown candidate; choose one of {sorted(CANDIDATES)}")
+        raise ValueError(f"calibration_candidates.py:{arg}: unknown candidate; choose one of {sorted(CANDIDATES)}")
     c = configs.named_config("preactresnet18", "quick")
     cand = CANDIDATES[arg]
     c.data.generator = dict(cand["generator"])
