@@ -61,9 +61,8 @@ def main() -> None:
     p.add_argument("--folds", type=int, default=5, help="subject-independent folds each probe averages (hog_probe.py)")
     p.add_argument("--seed", type=int, default=0, help="face-set seed (which 60 subjects are drawn)")
     a = p.parse_args()
-    if not 1 <= a.folds <= 5:
-        p.error(f"--folds {a.folds}: must be in [1, 5] (60 subjects, 12 per fold)")
     try:
+        hog_probe.check_folds(a.folds, 60, 12)  # run_probe's default subjects
         settings = [parse_setting(t) for t in (a.setting or DEFAULT_SETTINGS)]
     except ValueError as e:
         p.error(str(e))

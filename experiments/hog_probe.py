@@ -99,6 +99,14 @@ def summarize_folds(per_fold: list[dict]) -> dict:
     return out
 
 
+def check_folds(folds: int, num_subjects: int, test_subjects: int) -> None:
+    """Raise ``ValueError`` unless ``folds`` disjoint blocks of ``test_subjects`` fit in ``num_subjects``."""
+    if not 1 <= folds <= num_subjects // test_subjects:
+        raise ValueError(
+            f"--folds {folds}: must be in [1, {num_subjects // test_subjects}] ({num_subjects} subjects, {test_subjects} per fold)"
+        )
+
+
 def run_probe(
     num_subjects: int = 60,
     intensities: int = 3,
@@ -132,8 +140,7 @@ def run_probe(
 
     t0 = time.perf_counter()
     gen = synthfaces.GeneratorConfig.from_dict(generator)
-    if not 1 <= folds <= num_subjects // test_subjects:
-        raise ValueError(f"folds must be in [1, {num_subjects // test_subjects}] for {num_subjects} subjects, {test_subjects} per fold; got {folds}")
+    check_folds(folds, num_subjects, test_subjects)
     bank = facebank.load_or_build_bank(num_subjects, intensities, seed=seed, config=gen, cache_dir=cache_dir)
     pool = BackgroundPool.build(64, seed=seed)
 
@@ -230,8 +237,10 @@ def main() -> None:
         generator = parse_generator_overrides(a.generator)
     except ValueError as e:
         p.error(str(e))
-    if not 1 <= a.folds <= a.subjects // a.test_subjects:
-        p.error(f"--folds {a.folds}: must be in [1, {a.subjects // a.test_subjects}] ({a.subjects} subjects, {a.test_subjects} per fold)")
+    try:
+        check_folds(a.folds, a.subjects, a.test_subjects)
+    except ValueError as e:
+        p.error(str(e))
     out = pathlib.Path(a.out) if a.out else None
     if out is not None and not out.parent.is_dir():
         p.error(f"--out {out}: folder {out.parent} does not exist")
