@@ -13,8 +13,9 @@ side (never a model), named by the argument:
   dataset of BU-3DFE's size, 100 subjects with 10 per fold (80 train, 10
   validation, 10 test), instead of 200.
 
-    feratt train --config experiments/calibration_candidates.py:v2_100subjects --workdir runs/cal_v2_100 \\
-        --config.train.num_steps=6000
+    feratt train --config experiments/calibration_candidates.py:v2_100subjects --workdir runs/cal_v2_100
+    python experiments/calibration_curve.py --workdir runs/cal_v2_100 \\
+        --out experiments/results/benchmark_calibration --name baseline_train_preset_v2_100subjects
 """
 
 from feratt_jax import configs

@@ -6,8 +6,8 @@ train-preset composites on which the paper's 32x32 baseline lands at 65-85 %.
 A knob can only separate the two figures if it moves what survives at 32 px
 differently from what HOG sees at 64 px; this sweep measures both for each
 setting (``experiments/hog_probe.py`` on the ``identity`` preset with
-``--half-resolution``), about a minute per fold and setting on 2 CPU cores
-(``--folds 1`` reproduces the first, single-fold sweep):
+``--half-resolution``), one probe per setting, its cost proportional to
+``--folds`` (``--folds 1`` reproduces the first, single-fold sweep):
 
     python experiments/generator_sweep.py \
         --out experiments/results/benchmark_calibration/generator_sweep.json

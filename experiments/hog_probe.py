@@ -6,8 +6,8 @@ renders composites exactly as training does (subject-independent split,
 ``render_batch`` with the train preset), extracts HOG descriptors (8x8 cells,
 9 orientations, 2x2 blocks) and fits a multinomial logistic regression.
 
-Run (about three minutes per fold on 2 CPU cores for the three presets, one
-for the ``identity`` preset alone; needs the ``dev`` extra for scikit-learn):
+Run (its cost grows with folds x presets; the ``identity`` preset alone is
+about a third of the three; needs the ``dev`` extra for scikit-learn):
 
     python experiments/hog_probe.py --presets identity --folds 5 --half-resolution --out probe.json
 
