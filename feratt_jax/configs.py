@@ -385,12 +385,31 @@ def unknown_field_message(key: str, known: Sequence[str]) -> str:
     return f"unknown config field {key!r}{hint}"
 
 
+# Mappings of overrides whose keys are RenderConfig / GeneratorConfig fields:
+# absent from the base config, any key may be set, and the data config checks
+# it (``DataConfig.validate``) before any work is done.
+OVERRIDE_MAPPINGS = ("render", "generator")
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
-    """Apply ``--config.a.b=value`` (or ``a.b=value``) strings in place."""
+    """Apply ``--config.a.b=value`` (or ``a.b=value``) strings in place.
+
+    ``--config.data.generator.FIELD=VALUE`` and ``--config.data.render.FIELD=VALUE``
+    add one entry to those override mappings.
+    """
     for item in overrides:
         key, sep, raw = item.removeprefix("--").removeprefix("config.").partition("=")
         if not sep:
             raise ValueError(f"override {item!r} is not of the form --config.key=value (or --config.key value)")
+        mapping, _, field = key.removeprefix("data.").partition(".")
+        if key.startswith("data.") and mapping in OVERRIDE_MAPPINGS and field and "." not in field:
+            entries = dict(config.data.get(mapping) or {})
+            try:
+                entries[field] = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                entries[field] = raw  # a bare word: a string field (e.g. a preset name)
+            config.data[mapping] = entries
+            continue
         parent = config
         *path, leaf = key.split(".")
         for part in path:
