@@ -79,3 +79,19 @@ def test_calibration_candidates_change_only_the_data_side():
         cand = configs.load_config(f"{experiment_scripts.EXPERIMENTS / 'calibration_candidates.py'}:{name}").to_dict()
         assert cand["model"] == base["model"] and cand["optimizer"] == base["optimizer"] and cand["loss"] == base["loss"], name
         assert cand["data"]["render_preset"] == cand["data"]["eval_render_preset"] == "train", name
+
+
+def test_benchmark_size_is_the_calibration_run():
+    # The committed calibration figure (docs/training.md section 0) was trained
+    # with calibration_candidates.py:v2_100subjects; the `benchmark` size must be
+    # that config, or the figure no longer describes it.
+    from feratt_jax import configs
+    from feratt_jax.data import synthfaces
+
+    bench = configs.flatten(configs.named_config("preactresnet18", "benchmark").to_dict())
+    cand = configs.flatten(
+        configs.load_config(f"{experiment_scripts.EXPERIMENTS / 'calibration_candidates.py'}:v2_100subjects").to_dict()
+    )
+    generator = cand.pop("data.generator")
+    assert synthfaces.GeneratorConfig(**generator) == synthfaces.GeneratorConfig()  # its faces are the default ones
+    assert bench == cand
