@@ -27,6 +27,7 @@ expression signal a linear model finds.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import time
@@ -190,6 +191,9 @@ def run_probe(
         "test_subjects": test_subjects,
         "folds": folds,
         "generator": dict(generator or {}),
+        # Every field, not only the overrides: a later change of the defaults
+        # must not change what an old report says it measured.
+        "generator_config": dataclasses.asdict(gen),
         "generator_version": synthfaces.GENERATOR_VERSION,
         "seconds_total": time.perf_counter() - t0,
     }

@@ -95,3 +95,23 @@ def test_benchmark_size_is_the_calibration_run():
     generator = cand.pop("data.generator")
     assert synthfaces.GeneratorConfig(**generator) == synthfaces.GeneratorConfig()  # its faces are the default ones
     assert bench == cand
+
+
+def test_probe_report_records_every_generator_field(tmp_path):
+    """A report must say what it measured after the generator's defaults change (they did on 2026-12-03)."""
+    import dataclasses
+    import json
+
+    from feratt_jax.data import synthfaces
+
+    hp = experiment_scripts.load("hog_probe")
+    report = hp.run_probe(
+        num_subjects=4, intensities=1, test_subjects=2, n_train=16, n_test=16, presets=("identity",),
+        cache_dir=str(tmp_path), generator={"posing_variation": 0.25}, folds=1,
+    )
+    recorded = json.loads(json.dumps(report))["generator_config"]
+    assert recorded["posing_variation"] == 0.25
+    defaults = synthfaces.GeneratorConfig()
+    assert recorded["fold_contrast"] == defaults.fold_contrast
+    assert recorded["gain_range"] == list(defaults.gain_range)
+    assert set(recorded) == {f.name for f in dataclasses.fields(defaults)}
