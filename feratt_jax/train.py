@@ -121,13 +121,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     workdir = pathlib.Path(workdir)
     if jax.process_index() != 0:  # process 0 holds the lock for the run
         return _train_and_evaluate(config, workdir)
+    provenance = factory.data_config(config).provenance()
+    provenance_path = workdir / validation.DATA_PROVENANCE_FILE
     with workdir_lock.exclusive_writer(workdir):
-        if Checkpointer.has_checkpoints(workdir) and (workdir / "config.json").is_file():
+        resuming = Checkpointer.has_checkpoints(workdir)
+        if resuming and (workdir / "config.json").is_file():
             stored = json.loads((workdir / "config.json").read_text())
             validation.check_resume(stored, config, workdir)
             if config.optimizer.schedule == "cosine" and stored.get("train", {}).get("num_steps") != config.train.num_steps:
                 print(f"warning: train.num_steps changed on resume; the cosine schedule now decays over {config.train.num_steps} steps", flush=True)
+        if resuming and provenance_path.is_file():
+            validation.check_resume_data(json.loads(provenance_path.read_text()), provenance, workdir)
+        elif resuming:
+            print(f"warning: {workdir} predates {provenance_path.name}; whether its images are drawn as before cannot be checked", flush=True)
         runs.write_json(workdir / "config.json", config.to_dict())
+        if not resuming or provenance_path.is_file():
+            runs.write_json(provenance_path, provenance)
         return _train_and_evaluate(config, workdir)
 
 

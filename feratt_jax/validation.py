@@ -100,8 +100,12 @@ MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
     "model.baseline_width": ("preactresnet18",),
 }
 
+# A workdir's record of how its images are drawn (``DataConfig.provenance``).
+DATA_PROVENANCE_FILE = "data.json"
+
 # What a resumed run may change: its length, and how often it logs, evaluates
 # and saves; plus plumbing that leaves the numbers alone.
+
 RESUMABLE_CHANGES = {
     "train.num_steps",
     "train.log_every",
@@ -176,6 +180,39 @@ def check_resume(stored: Mapping[str, Any], config: ml_collections.ConfigDict, w
             f"{workdir} holds a run with a different config; resuming it may change only the run length and the "
             f"logging/eval/checkpoint cadence, but these differ: {shown}{hint}. Use a new --workdir"
         )
+
+
+def _flatten_json(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten_json(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resume_data(stored: Mapping[str, Any], current: Mapping[str, Any], workdir: Any) -> None:
+    """Raise unless the data a run resumes on are drawn as they were (both from ``DataConfig.provenance``).
+
+    The message gives the ``--config.data.generator.FIELD=VALUE`` overrides
+    that restore a changed default; a new generator version cannot be undone,
+    so then only a new workdir helps.
+    """
+    a, b = _flatten_json(stored), _flatten_json(current)
+    differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if not differ:
+        return
+    shown = ", ".join(f"{k} ({a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r})" for k in differ[:8])
+    parts = [f"{workdir} holds a run whose images were drawn differently ({DATA_PROVENANCE_FILE}): {shown}."]
+    restore = [f"--config.data.{k}={a[k]!r}" for k in differ if k.startswith(("generator.", "render.")) and k in a]
+    if "generator_version" in differ:
+        parts.append("The face generator's drawing changed since that run started, so its faces cannot be drawn again.")
+    if "generator_version" not in differ and len(restore) == len(differ):
+        parts.append(f"If a default changed, continue it with {' '.join(restore)}; otherwise use a new --workdir")
+    else:
+        parts.append("Use a new --workdir")
+    raise ValueError(" ".join(parts))
 
 
 def _expected_types() -> dict[str, type]:

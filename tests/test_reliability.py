@@ -24,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from feratt_jax import cli, configs, validation
+from feratt_jax import cli, configs, factory, validation
 from feratt_jax import metric_writer as metric_writer_lib
 from feratt_jax import train as train_lib
 from feratt_jax.workdir_lock import LOCK_NAME, WorkdirBusyError, exclusive_writer
@@ -83,6 +83,40 @@ def test_every_checkpoint_records_the_batch_the_next_step_consumes(cache_dir, tm
     with pytest.raises(ValueError, match=r"differ: optimizer\.learning_rate \(0\.0001 -> 0\.0003\)\. Use a new --workdir"):
         train_lib.train_and_evaluate(changed, tmp_path)
     assert (tmp_path / "config.json").read_text() == stored
+
+
+def test_a_resume_on_faces_drawn_otherwise_is_refused_with_the_overrides_that_restore_them(cache_dir, tmp_path, capsys):
+    """``config.json`` holds only overrides; ``data.json`` holds every generator and renderer field.
+
+    A run recorded under another generator default (as the posing rule
+    changed on 2026-12-03) must not silently resume on the new faces.
+    """
+    config = small_config(cache_dir, num_steps=1, checkpoint_every=1)
+    train_lib.train_and_evaluate(config, tmp_path)
+    path = tmp_path / validation.DATA_PROVENANCE_FILE
+    recorded = json.loads(path.read_text())
+    assert recorded == factory.data_config(config).provenance()
+    assert recorded["generator"]["posing_variation"] == 0.0 and recorded["render"]["image_size"] == config.data.image_size
+
+    recorded["generator"]["posing_variation"] = 0.5  # as the older default wrote it
+    path.write_text(json.dumps(recorded))
+    longer = small_config(cache_dir, num_steps=2, checkpoint_every=1)
+    with pytest.raises(ValueError, match=r"generator\.posing_variation \(0\.5 -> 0\.0\)\. If a default changed, "
+                       r"continue it with --config\.data\.generator\.posing_variation=0\.5; otherwise use a new --workdir"):
+        train_lib.train_and_evaluate(longer, tmp_path)
+    assert json.loads(path.read_text())["generator"]["posing_variation"] == 0.5  # the record is kept
+    # The hinted override passes the check (the whole resume is not run here: the bank would be redrawn).
+    configs.apply_overrides(longer, ["--config.data.generator.posing_variation=0.5"])
+    validation.check_resume_data(recorded, factory.data_config(longer).provenance(), tmp_path)
+    # A new drawing version cannot be restored by an override.
+    with pytest.raises(ValueError, match="drawing changed since that run started") as err:
+        validation.check_resume_data({**recorded, "generator_version": 2}, factory.data_config(longer).provenance(), tmp_path)
+    assert "--config.data" not in str(err.value)
+
+    # A workdir from before data.json resumes with a warning, and gets no record it could not vouch for.
+    path.unlink()
+    train_lib.train_and_evaluate(small_config(cache_dir, num_steps=2, checkpoint_every=1), tmp_path)
+    assert "cannot be checked" in capsys.readouterr().out and not path.exists()
 
 
 # ----------------------------------------------------------- one writer

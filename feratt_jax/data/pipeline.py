@@ -30,6 +30,7 @@ global batch does not depend on ``P``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -212,6 +213,23 @@ class DataConfig:
     def generator_config(self) -> synthfaces.GeneratorConfig:
         """The face generator's config."""
         return synthfaces.GeneratorConfig.from_dict(dict(self.generator))
+
+    def provenance(self) -> dict[str, Any]:
+        """What the images are drawn by, every field resolved (JSON-ready).
+
+        ``config.json`` holds only the overrides, so a change of a default
+        (the generator's posing rule changed on 2026-12-03) would silently
+        change the faces of a resumed run; the trainer stores this next to it
+        and compares. Synthetic data: the generator's version and fields;
+        every source: the train and eval renderer fields.
+        """
+        out: dict[str, Any] = {"source": self.source}
+        if self.source == "synthetic":
+            out["generator_version"] = synthfaces.GENERATOR_VERSION
+            out["generator"] = dataclasses.asdict(self.generator_config())
+        out["render"] = dataclasses.asdict(self.render_config())
+        out["eval_render"] = dataclasses.asdict(self.eval_render_config())
+        return json.loads(json.dumps(out))  # tuples as lists, as read back from the file
 
 
 def _looks_like_path(source: str) -> bool:
