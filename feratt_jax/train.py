@@ -131,7 +131,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             if config.optimizer.schedule == "cosine" and stored.get("train", {}).get("num_steps") != config.train.num_steps:
                 print(f"warning: train.num_steps changed on resume; the cosine schedule now decays over {config.train.num_steps} steps", flush=True)
         if resuming and provenance_path.is_file():
-            validation.check_resume_data(json.loads(provenance_path.read_text()), provenance, workdir)
+            try:
+                stored_provenance = json.loads(provenance_path.read_text())
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{provenance_path} is not valid JSON ({err}); delete it to resume without the check, or use a new --workdir") from err
+            validation.check_resume_data(stored_provenance, provenance, workdir)
         elif resuming:
             print(f"warning: {workdir} predates {provenance_path.name}; whether its images are drawn as before cannot be checked", flush=True)
         runs.write_json(workdir / "config.json", config.to_dict())

@@ -105,7 +105,6 @@ DATA_PROVENANCE_FILE = "data.json"
 
 # What a resumed run may change: its length, and how often it logs, evaluates
 # and saves; plus plumbing that leaves the numbers alone.
-
 RESUMABLE_CHANGES = {
     "train.num_steps",
     "train.log_every",

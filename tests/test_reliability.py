@@ -113,6 +113,11 @@ def test_a_resume_on_faces_drawn_otherwise_is_refused_with_the_overrides_that_re
         validation.check_resume_data({**recorded, "generator_version": 2}, factory.data_config(longer).provenance(), tmp_path)
     assert "--config.data" not in str(err.value)
 
+    # A damaged record is named, and left for the user to look at.
+    path.write_text("{")
+    with pytest.raises(ValueError, match=r"data\.json is not valid JSON .*delete it to resume without the check"):
+        train_lib.train_and_evaluate(small_config(cache_dir, num_steps=2, checkpoint_every=1), tmp_path)
+    assert path.read_text() == "{"
     # A workdir from before data.json resumes with a warning, and gets no record it could not vouch for.
     path.unlink()
     train_lib.train_and_evaluate(small_config(cache_dir, num_steps=2, checkpoint_every=1), tmp_path)
