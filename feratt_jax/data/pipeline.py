@@ -303,6 +303,26 @@ def build_background_pool(config: DataConfig, seed: int = 0) -> BackgroundPool |
     )
 
 
+def load_bank(cfg: DataConfig) -> dict[str, np.ndarray]:
+    """The face bank of a data config: the synthetic bank (cached) or a converted real dataset.
+
+    Called once before several trainers start on one machine, it leaves the
+    synthetic bank in the cache, so they do not all build it at once.
+    """
+    if cfg.source == "synthetic":
+        return facebank.load_or_build_bank(
+            cfg.num_subjects,
+            cfg.intensities,
+            cfg.face_seed,
+            cfg.generator_config(),
+            cfg.num_classes,
+            cache_dir=cfg.cache_dir or None,
+            use_cache=cfg.use_cache,
+            num_workers=None if cfg.bank_workers < 0 else cfg.bank_workers,
+        )
+    return load_real_bank(cfg.source, cfg.num_classes)
+
+
 def make_datasets(
     data_config: DataConfig | Mapping[str, Any],
     *,
@@ -331,19 +351,7 @@ def make_datasets(
     if cfg.background_dir and cfg.mode != "real":
         list_image_files(cfg.background_dir)  # fail before the slow steps on a bad folder
     t0 = time.perf_counter()
-    if cfg.source == "synthetic":
-        bank = facebank.load_or_build_bank(
-            cfg.num_subjects,
-            cfg.intensities,
-            cfg.face_seed,
-            cfg.generator_config(),
-            cfg.num_classes,
-            cache_dir=cfg.cache_dir or None,
-            use_cache=cfg.use_cache,
-            num_workers=None if cfg.bank_workers < 0 else cfg.bank_workers,
-        )
-    else:
-        bank = load_real_bank(cfg.source, cfg.num_classes)
+    bank = load_bank(cfg)
     t_bank = time.perf_counter() - t0
     if cfg.split == "official":
         split = official_split(bank, cfg.val_subjects)
