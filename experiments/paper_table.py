@@ -69,6 +69,18 @@ def method_config(stem: str, size: str, overrides: list[str]):
     return load_config(spec, overrides)
 
 
+def finished_folds(method_dir: pathlib.Path, folds: int) -> int:
+    """How many folds ``0..k-1`` of a method are finished (their ``eval/metrics.json`` written), at most ``folds``.
+
+    A gap ends the count: the table's folds are always the first k, so two
+    methods with k folds were tested on the same subjects.
+    """
+    k = 0
+    while k < folds and (pathlib.Path(method_dir) / f"fold_{k}" / "eval" / "metrics.json").is_file():
+        k += 1
+    return k
+
+
 def fold_reports(per_fold: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each fold's ``eval/metrics.json`` (the trainer's final summary), read once."""
     return [json.loads((pathlib.Path(row["workdir"]) / "eval" / "metrics.json").read_text()) for row in per_fold]
@@ -128,7 +140,10 @@ def table_markdown(rows: list[dict[str, Any]], command: str, notes: list[str]) -
         "|---|" + "---:|" * (len(PAPER_COLUMNS) + 4) + "---|",
     ]
     for r in rows:
-        cells = " | ".join(f"{100 * r['mean'][k]:.2f} +- {100 * r['std'][k]:.2f}" for k, _ in PAPER_COLUMNS)
+        # One fold has no spread to report.
+        cells = " | ".join(
+            f"{100 * r['mean'][k]:.2f}" + (f" +- {100 * r['std'][k]:.2f}" if r["folds"] > 1 else "") for k, _ in PAPER_COLUMNS
+        )
         lines.append(f"| {r['method']} | {cells} | {r['folds']} | {r['steps']} | {plateau_cell(r['curves'])} | {r['images_per_s']:.1f} | {r['network']} |")
     lines += ["", "Reproduce:", "", "```", command, "```", ""]
     lines += [f"- {n}" for n in notes]
@@ -148,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=[m for m, _ in METHODS + OPTIONAL_METHODS],
         help="configs to run (default: the paper's methods and the control; ferattention_2019 on request)",
     )
+    p.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="train nothing: each method's row uses its folds 0..k-1 already finished in --workdir (k <= --folds); "
+        "methods with none are left out (for a run stopped by a time budget, e.g. experiments/gpu_paper_table.sh)",
+    )
+    p.add_argument("--note", action="append", default=[], help="a line added to the table's notes (repeatable), e.g. where it was trained")
     p.add_argument("--workdir", required=True, help="parent folder of the runs (method/fold_k)")
     p.add_argument("--out", required=True, help="folder for paper_table.md/.json and the confusion PNGs")
     args = p.parse_args(argv)
@@ -165,7 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for stem in args.methods:
         config = method_config(stem, args.size, overrides)
-        result = run_kfold(config, args.folds, pathlib.Path(args.workdir) / stem, config_spec=f"{stem}.py:{args.size}")
+        folds = args.folds
+        if args.finished_only:
+            folds = finished_folds(pathlib.Path(args.workdir) / stem, args.folds)
+            if folds == 0:
+                print(f"{stem}: no finished fold in {pathlib.Path(args.workdir) / stem}; left out of the table", flush=True)
+                continue
+        result = run_kfold(config, folds, pathlib.Path(args.workdir) / stem, config_spec=f"{stem}.py:{args.size}")
         if "stopped" in result:
             print(f"{stem}: stopped; rerun the same command to resume", flush=True)
             return 1
@@ -173,12 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         curves = fold_curves(result["per_fold"])
         cm = summed_confusion(reports)
         classes = list(CLASS_NAMES[: cm.shape[0]])
-        plots.confusion_matrix_png(out / f"confusion_{stem}.png", cm, classes, title=f"{names[stem]}: test, {args.folds} folds summed")
+        plots.confusion_matrix_png(out / f"confusion_{stem}.png", cm, classes, title=f"{names[stem]}: test, {folds} fold{'s' * (folds > 1)} summed")
         rows.append(
             {
                 "method": names[stem],
                 "config": stem,
-                "folds": args.folds,
+                "folds": folds,
                 "steps": int(config.train.num_steps),
                 "batch_size": int(config.train.batch_size),
                 "image_size": int(config.data.image_size),
@@ -199,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         "(per-fold curves in paper_table.json); in brackets the largest gain.",
         "train img/s: the trainer's measured training speed, mean over folds (this machine's figure when run here).",
     ]
+    if args.finished_only:
+        notes.append(f"assembled from the folds each method had finished (of {args.folds} planned); the folds column says how many")
+    notes += args.note
     (out / "paper_table.md").write_text(table_markdown(rows, command, notes))
     (out / "paper_table.json").write_text(json.dumps({"command": command, "size": args.size, "overrides": args.set, "rows": rows}, indent=2))
     print((out / "paper_table.md").read_text())

@@ -63,6 +63,34 @@ def test_table_is_in_the_papers_format_in_percent():
     assert "python experiments/paper_table.py --folds 2" in text and "- size `quick`" in text
 
 
+def test_a_budget_stopped_run_is_tabled_from_its_first_finished_folds(tmp_path):
+    pt = _paper_table()
+    method = tmp_path / "ferattention"
+    _fold(method, 0, [[1]])
+    _fold(method, 2, [[1]])  # fold 1 was stopped by the budget: fold 2 must not count
+    (method / "fold_1").mkdir()
+    assert pt.finished_folds(method, 5) == 1
+    _fold(method, 1, [[1]])
+    assert pt.finished_folds(method, 5) == 3 and pt.finished_folds(method, 2) == 2
+    assert pt.finished_folds(tmp_path / "absent", 5) == 0
+
+
+def test_a_single_fold_row_reports_no_spread():
+    pt = _paper_table()
+    row = {
+        "method": "FERAtt+Cls",
+        "folds": 1,
+        "steps": 6000,
+        "images_per_s": 700.0,
+        "curves": [{"plateau": False, "last_quarter_gain_points": 5.0}],
+        "network": "input 64px",
+        "mean": {"accuracy": 0.65, "macro_precision": 0.5, "macro_recall": 0.25, "reference_f1": 0.125},
+        "std": {"accuracy": 0.0, "macro_precision": 0.0, "macro_recall": 0.0, "reference_f1": 0.0},
+    }
+    text = pt.table_markdown([row], "cmd", [])
+    assert "| FERAtt+Cls | 65.00 | 50.00 | 25.00 | 12.50 | 1 | 6000 | 0/1 (max +5.0) | 700.0 | input 64px |" in text
+
+
 def test_method_configs_are_the_three_papers_methods_at_the_chosen_size():
     pt = _paper_table()
     names = [stem for stem, _ in pt.METHODS]
