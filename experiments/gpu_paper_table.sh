@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The paper's comparison at the benchmark size on one GPU machine (issue 13), within a time budget.
 #
-#   experiments/gpu_paper_table.sh [--size benchmark] [--folds 5] [--budget-s 540] [--workdir DIR] [OUT_DIR]
+#   experiments/gpu_paper_table.sh [--size benchmark] [--folds 5] [--budget-s 540] [--workdir DIR]
+#       [--methods "M1 M2"] [--set FIELD=VALUE]... [OUT_DIR]
 #
 # OUT_DIR defaults to $OUT. The four methods of experiments/paper_table.py train side by side,
 # one process each on the one GPU (each is launch-bound at batch 32, so they overlap), every
@@ -19,10 +20,12 @@
 #   tar xzf runs.tar.gz && python experiments/paper_table.py --size benchmark --folds K \
 #       --workdir runs/paper_table_gpu --out experiments/results/paper_table_gpu
 #
+# --methods: a subset of the four (space-separated); --set: a config override for every method
+# (paper_table.py's --set, recorded in its table), e.g. --set loss.reconstruction_form=linear.
 # --dry-run: the tiny size, 6 steps, 2 folds; checks the script on a CPU, not the numbers.
 set -euo pipefail
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
 
 SIZE=benchmark
 FOLDS=5
@@ -30,13 +33,16 @@ BUDGET_S=540
 WORKDIR=runs/paper_table_gpu
 OUT_DIR=""
 EXTRA=()
+METHODS=(preactresnet18 ferattention ferattentiongmm preactresnet18_narrow)
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --size) SIZE="$2"; shift 2 ;;
         --folds) FOLDS="$2"; shift 2 ;;
         --budget-s) BUDGET_S="$2"; shift 2 ;;
         --workdir) WORKDIR="$2"; shift 2 ;;
-        --dry-run) SIZE=tiny; FOLDS=2; EXTRA=(--steps 6); shift ;;
+        --methods) read -r -a METHODS <<< "$2"; shift 2 ;;
+        --set) EXTRA+=(--set "$2"); shift 2 ;;
+        --dry-run) SIZE=tiny; FOLDS=2; EXTRA+=(--steps 6); shift ;;
         -h|--help) usage; exit 0 ;;
         -*) echo "gpu_paper_table.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
         *) OUT_DIR="$1"; shift ;;
@@ -59,7 +65,6 @@ export PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 # Folds 1..K-1 (and a rerun on the same machine) reuse fold 0's compiled steps.
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$WORKDIR/.jax_cache}"
-METHODS=(preactresnet18 ferattention ferattentiongmm preactresnet18_narrow)
 START_S=$(date +%s)
 LOG="$OUT_DIR/log.txt"
 : > "$LOG"
@@ -86,13 +91,13 @@ command -v nvidia-smi > /dev/null 2>&1 && nvidia-smi --query-gpu=name,memory.tot
 # ---------------------------------------------------------------- the face bank, once
 # Otherwise every trainer builds the same bank at the same time, each with one worker per core.
 say "face bank for size $SIZE"
-"$PY" - "$SIZE" 2>&1 <<'EOF' | tee -a "$LOG"
+"$PY" - "$SIZE" "${METHODS[0]}" 2>&1 <<'EOF' | tee -a "$LOG"
 import sys, time
 from feratt_jax import factory
 from feratt_jax.configs import load_config
 from feratt_jax.data import pipeline
 t0 = time.perf_counter()
-bank = pipeline.load_bank(factory.data_config(load_config(f"preactresnet18:{sys.argv[1]}")))
+bank = pipeline.load_bank(factory.data_config(load_config(f"{sys.argv[2]}:{sys.argv[1]}")))
 print(f"face bank: {len(bank['label'])} faces in {time.perf_counter() - t0:.1f} s")
 EOF
 
@@ -134,13 +139,13 @@ done
 diagnostics() {
     for m in "${METHODS[@]}"; do
         until [[ -f "$WORKDIR/$m/fold_0/eval/metrics.json" ]]; do
-            (( $(left) > 90 )) || { echo "diagnostics: no time left once fold 0 is done"; return 0; }
+            (( $(left) > 60 )) || { echo "diagnostics: no time left once fold 0 is done"; return 0; }
             sleep 5
         done
     done
     echo "diagnostics: fold 0 of every method done; $(left) s left"
     timeout --signal=TERM --kill-after=10 $(( $(left) - 30 )) "$PY" experiments/feratt_diagnostics.py \
-        --workdir "$WORKDIR" --out "$WORKDIR/diagnostics" --folds 0 || echo "diagnostics: exit status $?"
+        --workdir "$WORKDIR" --out "$WORKDIR/diagnostics" --folds 0 --methods "${METHODS[@]}" || echo "diagnostics: exit status $?"
 }
 diagnostics >> "$WORKDIR/log_diagnostics.txt" 2>&1 &
 DIAG_PID=$!

@@ -144,6 +144,7 @@ def loss_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
         gaussian_space_weight=lc.gaussian_space_weight,
         embedding_norm_weight=None if lc.embedding_norm_weight < 0 else lc.embedding_norm_weight,
         scale_by_batch_size=lc.scale_by_batch_size,
+        reconstruction_form=lc.reconstruction_form,
     )
 
 

@@ -117,8 +117,17 @@ def cross_entropy(logits_BC: jax.Array, labels_B: jax.Array) -> jax.Array:
     return -jnp.mean(picked_B)
 
 
-def reconstruction_loss(x_org: jax.Array, reconstruction: jax.Array) -> jax.Array:
-    """The reference's `Attloss`: ``5 * mean(tanh(3 |x_org - reconstruction|))``.
+RECONSTRUCTION_FORMS = ("tanh", "linear")
+
+
+def reconstruction_loss(x_org: jax.Array, reconstruction: jax.Array, form: str = "tanh") -> jax.Array:
+    """The reference's `Attloss`: ``5 * mean(tanh(3 |x_org - reconstruction|))`` (``form="tanh"``).
+
+    ``form="linear"``: ``5 * mean(3 |x_org - reconstruction|)``, the same slope at zero error
+    without the saturation. The tanh form gives a face pixel predicted black (error ~0.64) 8 %
+    of the gradient of a nearly right pixel, while the background, most of a ``train``-preset
+    frame, is exactly right when black; with the module's final ReLU, an all-black
+    reconstruction is a trap the loss cannot climb out of (docs/training.md section 8).
 
     The reference computes ``d = exp(6|x_org - att|)`` and ``(d - 1)/(d + 1)``, i.e.
     ``(e^{6 delta} - 1)/(e^{6 delta} + 1)``, which equals ``tanh(3 delta)``; tanh is used here
@@ -129,14 +138,19 @@ def reconstruction_loss(x_org: jax.Array, reconstruction: jax.Array) -> jax.Arra
       x_org: clean target image (any shape, e.g. (B, H, W, 3)).
       reconstruction: the model's reconstruction ("att"), same shape.
 
+      form: "tanh" (the reference) or "linear".
+
     Returns:
-      Scalar loss in [0, 5).
+      Scalar loss (in [0, 5) for the tanh form).
     """
+    if form not in RECONSTRUCTION_FORMS:
+        raise ValueError(f"reconstruction form must be one of {RECONSTRUCTION_FORMS}, got {form!r}")
     x_org = jnp.asarray(x_org)
     reconstruction = jnp.asarray(reconstruction)
     if x_org.shape != reconstruction.shape:
         raise ValueError(f"shape mismatch: x_org {x_org.shape} vs {reconstruction.shape}")
-    return 5.0 * jnp.mean(jnp.tanh(3.0 * jnp.abs(x_org - reconstruction)))
+    error = 3.0 * jnp.abs(x_org - reconstruction)
+    return 5.0 * jnp.mean(jnp.tanh(error) if form == "tanh" else error)
 
 
 def stn_loss(
@@ -477,6 +491,7 @@ def feratt_losses(
     gaussian_space_weight: float = 1.0,
     embedding_norm_weight: float | None = None,
     scale_by_batch_size: bool = False,
+    reconstruction_form: str = "tanh",
 ) -> dict[str, jax.Array]:
     """All loss terms of one trainer variant, each separately, plus their weighted total.
 
@@ -512,6 +527,8 @@ def feratt_losses(
         not; see `REFERENCE_SCALES_BY_BATCH_SIZE` / `reference_loss_options`). Off by default:
         under Adam it only changes the effective epsilon. With a sharded global batch, B is the
         global batch size.
+      reconstruction_form: "tanh" (the reference's saturating loss) or "linear"; see
+        `reconstruction_loss`. The paper-era variant's masked MSE ignores it.
 
     Returns:
       Dict with the unweighted value of each term of the variant (keys among ``cross_entropy``,
@@ -549,7 +566,7 @@ def feratt_losses(
         if paper_era:
             values["reconstruction"] = masked_reconstruction_mse(batch["x_org"], batch["mask"], outputs["reconstruction"])
         else:
-            values["reconstruction"] = reconstruction_loss(batch["x_org"], outputs["reconstruction"])
+            values["reconstruction"] = reconstruction_loss(batch["x_org"], outputs["reconstruction"], reconstruction_form)
     if "stn" in terms:
         values["stn"] = stn_loss(batch["x_org"], outputs["theta"], batch["theta"], scale=1.0 if paper_era else 10.0)
     if "embedding_norm" in terms:

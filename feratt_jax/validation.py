@@ -19,7 +19,7 @@ from feratt_jax import configs
 from feratt_jax.data import pipeline, sampling
 from feratt_jax.data.render import PRESETS
 from feratt_jax.data.splits import num_folds_for
-from feratt_jax.losses import PAPER_ERA_VARIANTS, VARIANT_TERMS
+from feratt_jax.losses import PAPER_ERA_VARIANTS, RECONSTRUCTION_FORMS, VARIANT_TERMS
 from feratt_jax.models import FERATT_VARIANTS, LOSS_VARIANT, MODEL_NAMES
 from feratt_jax.models.feratt import BACKBONES
 
@@ -29,6 +29,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.compute_dtype": ("float32", "bfloat16"),
     "loss.variant": tuple(VARIANT_TERMS),
     "loss.mixup_label_mode": ("soft", "reference"),
+    "loss.reconstruction_form": RECONSTRUCTION_FORMS,
     "optimizer.name": ("adam",),
     "optimizer.schedule": ("constant", "cosine", "step", "plateau"),
     "data.mode": pipeline.MODES,
@@ -135,6 +136,7 @@ DEFAULTS_OF_NEWER_FIELDS = {
     "train.early_stopping_patience": 0,
     "optimizer.plateau_factor": 0.1,
     "optimizer.plateau_patience": 5,
+    "loss.reconstruction_form": "tanh",
 }
 
 

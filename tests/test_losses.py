@@ -65,6 +65,36 @@ def test_reconstruction_loss_equals_reference_exp_formula():
     assert float(big) == pytest.approx(5.0)
 
 
+def test_the_linear_reconstruction_form_keeps_the_slope_at_zero_and_does_not_saturate():
+    # One face pixel (0.64) predicted black, one background pixel right at 0.
+    x_org = jnp.asarray([[0.64, 0.0]], jnp.float32)
+    black = jnp.zeros((1, 2), jnp.float32)
+    assert float(L.reconstruction_loss(x_org, black)) == pytest.approx(2.5 * math.tanh(1.92), rel=1e-6)
+    assert float(L.reconstruction_loss(x_org, black, "linear")) == pytest.approx(2.5 * 1.92, rel=1e-6)
+    # d/dr of 5/2 tanh(3 |x - r|) at r = 0: -7.5 (1 - tanh(1.92)^2), 8 % of the linear form's -7.5.
+    g_tanh = jax.grad(lambda r: L.reconstruction_loss(x_org, r))(black)
+    g_linear = jax.grad(lambda r: L.reconstruction_loss(x_org, r, "linear"))(black)
+    assert float(g_tanh[0, 0]) == pytest.approx(-7.5 * (1 - math.tanh(1.92) ** 2), rel=1e-5)
+    assert float(g_linear[0, 0]) == pytest.approx(-7.5, rel=1e-6)
+    assert 0.08 < float(g_tanh[0, 0] / g_linear[0, 0]) < 0.09
+    # Near zero error the two forms agree to first order.
+    near = x_org - 1e-4
+    assert float(L.reconstruction_loss(x_org, near, "linear")) == pytest.approx(float(L.reconstruction_loss(x_org, near)), rel=1e-4)
+    with pytest.raises(ValueError, match="reconstruction form must be one of"):
+        L.reconstruction_loss(x_org, black, "l2")
+
+
+def test_feratt_losses_pass_the_reconstruction_form_on():
+    x_org = jnp.full((2, 4, 4, 3), 0.5, jnp.float32)
+    outputs = {"logits": jnp.zeros((2, 8)), "reconstruction": jnp.zeros((2, 4, 4, 3))}
+    batch = {"label": jnp.asarray([0, 1]), "x_org": x_org}
+    ref = L.feratt_losses(outputs, batch, variant="attention", num_classes=8)
+    lin = L.feratt_losses(outputs, batch, variant="attention", num_classes=8, reconstruction_form="linear")
+    assert float(ref["reconstruction"]) == pytest.approx(5 * math.tanh(1.5), rel=1e-6)
+    assert float(lin["reconstruction"]) == pytest.approx(7.5, rel=1e-6)
+    assert float(lin["total"] - ref["total"]) == pytest.approx(7.5 - 5 * math.tanh(1.5), rel=1e-5)
+
+
 def test_stn_loss_by_hand():
     # x_org is a 1x2 image [1, 3]. The target theta is the identity (warp = [1, 3]); the predicted
     # theta translates by one pixel (tx = 2/W = 1), so output column w reads source column w + 1:

@@ -372,3 +372,20 @@ def test_early_stopping_and_plateau_fields_are_checked_and_older_stored_configs_
     # (the stored config is read with the field's default filled in, validation.upgrade_stored_config)
     with pytest.raises(ValueError, match=r"optimizer.plateau_factor \(0.1 -> 0.5\)"):
         validation.check_resume(stored, other, tmp_path)
+
+
+def test_the_reconstruction_form_is_checked_and_older_runs_read_as_the_reference_form(tmp_path):
+    config = configs.load_config(TINY)
+    bad = ml_collections.ConfigDict(config.to_dict())
+    bad.loss.reconstruction_form = "l2"
+    with pytest.raises(ValueError, match=r"loss.reconstruction_form"):
+        validation.validate(bad)
+    # A run stored before the field existed trained with the reference's tanh form: it resumes
+    # under "tanh" and refuses "linear".
+    stored = config.to_dict()
+    del stored["loss"]["reconstruction_form"]
+    validation.check_resume(stored, config, tmp_path)
+    linear = ml_collections.ConfigDict(config.to_dict())
+    linear.loss.reconstruction_form = "linear"
+    with pytest.raises(ValueError, match=r"loss.reconstruction_form \('tanh' -> 'linear'\)"):
+        validation.check_resume(stored, linear, tmp_path)
