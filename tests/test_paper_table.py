@@ -45,18 +45,24 @@ def test_each_folds_plateau_is_read_from_its_curve(tmp_path):
     assert pt.plateau_cell([{"plateau": False, "last_quarter_gain_points": None}]) == "0/1"
 
 
+def _row(folds: int, steps: int, speed: float, gains: list[float], mean: tuple[float, ...], std: tuple[float, ...]) -> dict:
+    """A table row as main() builds it (metrics as fractions)."""
+    keys = ("accuracy", "macro_precision", "macro_recall", "reference_f1")
+    return {
+        "method": "FERAtt+Cls",
+        "folds": folds,
+        "steps": steps,
+        "images_per_s": speed,
+        "curves": [{"plateau": g < 2, "last_quarter_gain_points": g} for g in gains],
+        "network": "input 64px",
+        "mean": dict(zip(keys, mean)),
+        "std": dict(zip(keys, std)),
+    }
+
+
 def test_table_is_in_the_papers_format_in_percent():
     pt = _paper_table()
-    row = {
-        "method": "FERAtt+Cls",
-        "folds": 2,
-        "steps": 800,
-        "images_per_s": 52.25,
-        "curves": [{"plateau": True, "last_quarter_gain_points": 1.5}, {"plateau": False, "last_quarter_gain_points": 2.26}],
-        "network": "input 64px",
-        "mean": {"accuracy": 0.5, "macro_precision": 0.25, "macro_recall": 0.125, "reference_f1": 0.1},
-        "std": {"accuracy": 0.01, "macro_precision": 0.02, "macro_recall": 0.0, "reference_f1": 0.005},
-    }
+    row = _row(2, 800, 52.25, [1.5, 2.26], (0.5, 0.25, 0.125, 0.1), (0.01, 0.02, 0.0, 0.005))
     text = pt.table_markdown([row], "python experiments/paper_table.py --folds 2", ["size `quick`"])
     assert "| Method | Acc. | Prec. | Rec. | F1 | folds | steps/fold | plateaued | train img/s | network |" in text
     assert "| FERAtt+Cls | 50.00 +- 1.00 | 25.00 +- 2.00 | 12.50 +- 0.00 | 10.00 +- 0.50 | 2 | 800 | 1/2 (max +2.3) | 52.2 | input 64px |" in text
@@ -77,16 +83,7 @@ def test_a_budget_stopped_run_is_tabled_from_its_first_finished_folds(tmp_path):
 
 def test_a_single_fold_row_reports_no_spread():
     pt = _paper_table()
-    row = {
-        "method": "FERAtt+Cls",
-        "folds": 1,
-        "steps": 6000,
-        "images_per_s": 700.0,
-        "curves": [{"plateau": False, "last_quarter_gain_points": 5.0}],
-        "network": "input 64px",
-        "mean": {"accuracy": 0.65, "macro_precision": 0.5, "macro_recall": 0.25, "reference_f1": 0.125},
-        "std": {"accuracy": 0.0, "macro_precision": 0.0, "macro_recall": 0.0, "reference_f1": 0.0},
-    }
+    row = _row(1, 6000, 700.0, [5.0], (0.65, 0.5, 0.25, 0.125), (0.0, 0.0, 0.0, 0.0))
     text = pt.table_markdown([row], "cmd", [])
     assert "| FERAtt+Cls | 65.00 | 50.00 | 25.00 | 12.50 | 1 | 6000 | 0/1 (max +5.0) | 700.0 | input 64px |" in text
 
