@@ -23,9 +23,12 @@
 # --methods: a subset of the four (space-separated); --set: a config override for every method
 # (paper_table.py's --set, recorded in its table), e.g. --set loss.reconstruction_form=linear.
 # --dry-run: the tiny size, 6 steps, 2 folds; checks the script on a CPU, not the numbers.
+# On NVIDIA GPUs XLA runs float32 convolutions and matmuls in TF32 by default; to train at full
+# float32 as on a CPU, set JAX_DEFAULT_MATMUL_PRECISION=highest before the script (docs/training.md
+# section 8: FERAtt's first GPU run and its CPU twin went different ways).
 set -euo pipefail
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
 
 SIZE=benchmark
 FOLDS=5

@@ -59,8 +59,8 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     c.loss.gaussian_space_weight = 1.0
     c.loss.embedding_norm_weight = -1.0  # < 0: the reference's weight for the variant
     c.loss.scale_by_batch_size = False  # the reference's loss * B before backward
-    # "tanh": the reference's saturating 5 mean tanh(3|err|); "linear": 5 mean 3|err|, which
-    # does not make an all-black reconstruction a trap (docs/training.md section 8)
+    # "tanh": the reference's saturating 5 mean tanh(3|err|); "linear": 5 mean 3|err|, which keeps
+    # the gradient of badly wrong pixels (docs/training.md section 8)
     c.loss.reconstruction_form = "tanh"
 
     c.optimizer = ml_collections.ConfigDict()

@@ -126,8 +126,8 @@ def reconstruction_loss(x_org: jax.Array, reconstruction: jax.Array, form: str =
     ``form="linear"``: ``5 * mean(3 |x_org - reconstruction|)``, the same slope at zero error
     without the saturation. The tanh form gives a face pixel predicted black (error ~0.64) 8 %
     of the gradient of a nearly right pixel, while the background, most of a ``train``-preset
-    frame, is exactly right when black; with the module's final ReLU, an all-black
-    reconstruction is a trap the loss cannot climb out of (docs/training.md section 8).
+    frame, is exactly right when black; with the module's final ReLU, a run whose
+    reconstruction has gone black stays there (docs/training.md section 8).
 
     The reference computes ``d = exp(6|x_org - att|)`` and ``(d - 1)/(d + 1)``, i.e.
     ``(e^{6 delta} - 1)/(e^{6 delta} + 1)``, which equals ``tanh(3 delta)``; tanh is used here
@@ -137,7 +137,6 @@ def reconstruction_loss(x_org: jax.Array, reconstruction: jax.Array, form: str =
     Args:
       x_org: clean target image (any shape, e.g. (B, H, W, 3)).
       reconstruction: the model's reconstruction ("att"), same shape.
-
       form: "tanh" (the reference) or "linear".
 
     Returns:
