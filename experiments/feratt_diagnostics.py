@@ -516,7 +516,9 @@ def main(argv: list[str] | None = None) -> int:
             row = diagnose_fold(method, d, out if k == 0 else None, args.bn_batches)
             report["methods"][method][str(k)] = row
             report["methods"][method] = dict(sorted(report["methods"][method].items(), key=lambda kv: int(kv[0])))
-            previous.write_text(json.dumps(report, indent=2))  # a crash later keeps this fold
+            # A crash or a time budget later keeps this fold, in both files.
+            previous.write_text(json.dumps(report, indent=2))
+            (out / "diagnostics.md").write_text(markdown(report))
             print(f"{method} fold {k}: {time.perf_counter() - t0:.0f} s; best {row['best']}", flush=True)
     previous.write_text(json.dumps(report, indent=2))
     (out / "diagnostics.md").write_text(markdown(report))

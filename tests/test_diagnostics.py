@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import jax
@@ -195,3 +196,26 @@ def test_diagnostics_script_on_a_short_run_writes_every_table_and_resumes(tmp_pa
     # --redo of another method (no runs here) leaves this method's rows alone.
     run_on_one_cpu_device(script + ["--redo", "--methods", "preactresnet18"])
     assert json.loads((out / "diagnostics.json").read_text())["methods"]["ferattention"]["0"] == row
+
+
+def test_a_run_stopped_after_its_first_fold_keeps_that_folds_tables(tmp_path, monkeypatch):
+    # experiments/gpu_paper_table.sh stops the script at a time budget: what it finished must be on disk.
+    for k in (0, 1):
+        (tmp_path / "runs" / "preactresnet18" / f"fold_{k}" / "eval").mkdir(parents=True)
+        (tmp_path / "runs" / "preactresnet18" / f"fold_{k}" / "eval" / "metrics.json").write_text("{}")
+    row = {"workdir": "w", "recorded_test_accuracy": 0.5, "best": {"step": 10, "running_bn": 0.5, "precise_bn": 0.625, "test_batch_bn": 0.75}, "latest": None}
+    calls = []
+
+    def fake_fold(method, workdir, out, bn_batches):
+        calls.append(workdir.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("budget")
+        return row
+
+    monkeypatch.setattr(diagnostics, "diagnose_fold", fake_fold)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        diagnostics.main(["--workdir", str(tmp_path / "runs"), "--out", str(out), "--methods", "preactresnet18"])
+    assert calls == ["fold_0", "fold_1"]
+    assert "| preactresnet18 | 0 | 10 | 50.0 | 62.5 | 75.0 |" in (out / "diagnostics.md").read_text()
+    assert list(json.loads((out / "diagnostics.json").read_text())["methods"]["preactresnet18"]) == ["0"]
