@@ -2,7 +2,7 @@
 # The paper's comparison at the benchmark size on one GPU machine (issue 13), within a time budget.
 #
 #   experiments/gpu_paper_table.sh [--size benchmark] [--folds 5] [--budget-s 540] [--workdir DIR]
-#       [--methods "M1 M2"] [--set FIELD=VALUE]... [OUT_DIR]
+#       [--methods "M1 M2" | --jobs FILE] [--set FIELD=VALUE]... [OUT_DIR]
 #
 # OUT_DIR defaults to $OUT. The four methods of experiments/paper_table.py train side by side,
 # one process each on the one GPU (each is launch-bound at batch 32, so they overlap), every
@@ -22,6 +22,11 @@
 #
 # --methods: a subset of the four (space-separated); --set: a config override for every method
 # (paper_table.py's --set, recorded in its table), e.g. --set loss.reconstruction_form=linear.
+# --jobs FILE: instead of one process per method, one per line of FILE (a sweep, e.g.
+# experiments/calibration_sweep_gpu.txt): "NAME [VAR=VALUE]... [paper_table.py options]", blank
+# lines and # comments skipped; job NAME runs paper_table.py with those environment variables
+# and options (after --size/--folds/--set, so a line overrides them) in WORKDIR/NAME, its table
+# in WORKDIR/NAME/table. No diagnostics in this mode.
 # --dry-run: the tiny size, 6 steps, 2 folds; checks the script on a CPU, not the numbers.
 # On NVIDIA GPUs XLA runs float32 convolutions and matmuls in TF32 by default; to train at full
 # float32 as on a CPU, set JAX_DEFAULT_MATMUL_PRECISION=highest before the script (docs/training.md
@@ -37,6 +42,7 @@ WORKDIR=runs/paper_table_gpu
 OUT_DIR=""
 EXTRA=()
 METHODS=(preactresnet18 ferattention ferattentiongmm preactresnet18_narrow)
+JOBS_FILE=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --size) SIZE="$2"; shift 2 ;;
@@ -45,6 +51,7 @@ while [[ $# -gt 0 ]]; do
         --workdir) WORKDIR="$2"; shift 2 ;;
         --methods) read -r -a METHODS <<< "$2"; shift 2 ;;
         --set) EXTRA+=(--set "$2"); shift 2 ;;
+        --jobs) JOBS_FILE="$2"; shift 2 ;;
         --dry-run) SIZE=tiny; FOLDS=2; EXTRA+=(--steps 6); shift ;;
         -h|--help) usage; exit 0 ;;
         -*) echo "gpu_paper_table.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -55,6 +62,33 @@ OUT_DIR="${OUT_DIR:-${OUT:-}}"
 if [[ -z "$OUT_DIR" ]]; then
     echo "gpu_paper_table.sh: give an output folder or set OUT" >&2
     exit 2
+fi
+# The jobs: NAMES[i] runs paper_table.py with environment JOB_ENV[i] and options JOB_ARGS[i]
+# (word lists) in WORKDIR/JOB_DIR[i]. Checked before any work is done.
+NAMES=(); JOB_ENV=(); JOB_ARGS=(); JOB_DIR=()
+if [[ -n "$JOBS_FILE" ]]; then
+    [[ -f "$JOBS_FILE" ]] || { echo "gpu_paper_table.sh: --jobs $JOBS_FILE: no such file" >&2; exit 2; }
+    n=0
+    while read -r name rest || [[ -n "$name" ]]; do
+        n=$((n + 1))
+        [[ -z "$name" || "$name" == \#* ]] && continue
+        if [[ ! "$name" =~ ^[A-Za-z0-9_.-]+$ ]]; then
+            echo "gpu_paper_table.sh: $JOBS_FILE line $n: job name '$name' must be letters, digits, _ . -" >&2; exit 2
+        fi
+        for seen in "${NAMES[@]}"; do
+            [[ "$seen" == "$name" ]] && { echo "gpu_paper_table.sh: $JOBS_FILE line $n: job '$name' named twice" >&2; exit 2; }
+        done
+        envs=""; args=""
+        for word in $rest; do
+            if [[ -z "$args" && "$word" =~ ^[A-Z_][A-Z0-9_]*= ]]; then envs+=" $word"; else args+=" $word"; fi
+        done
+        NAMES+=("$name"); JOB_ENV+=("$envs"); JOB_ARGS+=("$args"); JOB_DIR+=("$name")
+    done < "$JOBS_FILE"
+    (( ${#NAMES[@]} > 0 )) || { echo "gpu_paper_table.sh: $JOBS_FILE has no jobs" >&2; exit 2; }
+else
+    for m in "${METHODS[@]}"; do
+        NAMES+=("$m"); JOB_ENV+=(""); JOB_ARGS+=("--methods $m"); JOB_DIR+=(".")
+    done
 fi
 mkdir -p "$OUT_DIR" "$WORKDIR"
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
@@ -105,41 +139,58 @@ print(f"face bank: {len(bank['label'])} faces in {time.perf_counter() - t0:.1f} 
 EOF
 
 # ---------------------------------------------------------------- progress report
+# The method folders of job i: WORKDIR/METHOD (method mode) or WORKDIR/NAME/METHOD (--jobs).
+method_dirs() {
+    if [[ -n "$JOBS_FILE" ]]; then
+        find "$WORKDIR/${JOB_DIR[$1]}" -mindepth 1 -maxdepth 1 -type d ! -name table 2> /dev/null | sort || true
+    else
+        echo "$WORKDIR/${NAMES[$1]}"
+    fi
+}
 progress() {
     {
-        echo "| method | folds finished (of $FOLDS) | last logged step of the fold in progress |"
+        echo "| job | folds finished (of $FOLDS) | last logged step of the fold in progress |"
         echo "|---|---:|---|"
-        for m in "${METHODS[@]}"; do
-            done_n=$( (find "$WORKDIR/$m" -path '*/eval/metrics.json' 2> /dev/null || true) | wc -l)
+        for i in "${!NAMES[@]}"; do
+            done_n=0
             last="-"
-            for ((k = 0; k < FOLDS; k++)); do
-                f="$WORKDIR/$m/fold_$k"
-                if [[ -f "$f/metrics.jsonl" && ! -f "$f/eval/metrics.json" ]]; then
-                    last="fold $k: step $(tail -n 1 "$f/metrics.jsonl" | sed 's/.*"step": \([0-9]*\).*/\1/' || true)"
-                fi
-            done
-            echo "| $m | $done_n | $last |"
+            while read -r d; do
+                [[ -n "$d" ]] || continue
+                done_n=$(( done_n + $( (find "$d" -path '*/eval/metrics.json' 2> /dev/null || true) | wc -l) ))
+                for ((k = 0; k < FOLDS; k++)); do
+                    f="$d/fold_$k"
+                    if [[ -f "$f/metrics.jsonl" && ! -f "$f/eval/metrics.json" ]]; then
+                        last="fold $k: step $(tail -n 1 "$f/metrics.jsonl" | sed 's/.*"step": \([0-9]*\).*/\1/' || true)"
+                    fi
+                done
+            done < <(method_dirs "$i")
+            echo "| ${NAMES[$i]} | $done_n | $last |"
         done
     } > "$OUT_DIR/progress.md"
 }
 
-# ---------------------------------------------------------------- the four methods, side by side
+# ---------------------------------------------------------------- the jobs, side by side
 # Stop the trainers with time left to checkpoint (SIGTERM: each saves and exits) and pack.
 TRAIN_S=$(( $(left) - 45 ))
 if (( TRAIN_S < 60 )); then
     say "only $(left) s left of the budget after the bank: nothing trained"
     exit 4
 fi
-say "training ${METHODS[*]} at size $SIZE, $FOLDS folds, for at most ${TRAIN_S}s"
+say "training ${NAMES[*]} at size $SIZE, $FOLDS folds, for at most ${TRAIN_S}s"
 PIDS=()
-for m in "${METHODS[@]}"; do
-    timeout --signal=TERM --kill-after=30 "$TRAIN_S" "$PY" experiments/paper_table.py --size "$SIZE" --folds "$FOLDS" \
-        --methods "$m" "${EXTRA[@]}" --workdir "$WORKDIR" --out "$WORKDIR/tables/$m" >> "$WORKDIR/log_$m.txt" 2>&1 &
+for i in "${!NAMES[@]}"; do
+    name="${NAMES[$i]}"
+    if [[ -n "$JOBS_FILE" ]]; then table="$WORKDIR/$name/table"; else table="$WORKDIR/tables/$name"; fi
+    # shellcheck disable=SC2086  # JOB_ENV / JOB_ARGS are word lists
+    env ${JOB_ENV[$i]} timeout --signal=TERM --kill-after=30 "$TRAIN_S" "$PY" experiments/paper_table.py --size "$SIZE" \
+        --folds "$FOLDS" "${EXTRA[@]}" ${JOB_ARGS[$i]} --workdir "$WORKDIR/${JOB_DIR[$i]}" --out "$table" \
+        >> "$WORKDIR/log_$name.txt" 2>&1 &
     PIDS+=($!)
 done
 
 # ---------------------------------------------------------------- diagnostics of fold 0, beside the training
 diagnostics() {
+    [[ -z "$JOBS_FILE" ]] || return 0
     for m in "${METHODS[@]}"; do
         until [[ -f "$WORKDIR/$m/fold_0/eval/metrics.json" ]]; do
             (( $(left) > 60 )) || { echo "diagnostics: no time left once fold 0 is done"; return 0; }
@@ -160,12 +211,12 @@ while kill -0 "${PIDS[@]}" 2> /dev/null; do
 done
 for i in "${!PIDS[@]}"; do
     wait "${PIDS[$i]}" && s=0 || s=$?
-    say "${METHODS[$i]}: exit status $s (124 = stopped by the budget; rerun to resume)"
+    say "${NAMES[$i]}: exit status $s (124 = stopped by the budget; rerun to resume)"
 done
 wait "$DIAG_PID" || true
 progress
 cat "$OUT_DIR/progress.md" | tee -a "$LOG"
-for m in "${METHODS[@]}"; do
+for m in "${NAMES[@]}"; do
     grep -E "^fold [0-9]+: test" "$WORKDIR/log_$m.txt" | sed "s/^/$m /" | tee -a "$LOG" || true
 done
 tail -n 5 "$WORKDIR/log_diagnostics.txt" | tee -a "$LOG" || true

@@ -302,6 +302,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         "precise_bn_seconds": timer.precise_bn_s,
         "first_step_s": compile_s,
         "train_images_per_s": timer.images / timer.total_s if timer.total_s else None,
+        # What the figures were computed on: GPUs run float32 matmuls and convolutions
+        # in TF32 unless the precision is raised (JAX_DEFAULT_MATMUL_PRECISION=highest).
+        "device_kind": jax.devices()[0].device_kind,
+        "default_matmul_precision": jax.config.jax_default_matmul_precision or "default",
     }
     summary["val"]["checkpoint_step"] = summary["test"]["checkpoint_step"] = int(final_state.step)
     if early.patience:
