@@ -15,6 +15,10 @@ alone (2 cores: anything beside it slows the job and the yardstick by
 different amounts); the JSON records the load average before each run.
 
     python experiments/main_job_time.py --seeds 0 1 2 --out experiments/results/main_job/timing.json
+
+``--set FIELD=VALUE`` times a candidate change of the main job before it is
+made (e.g. ``--set loss.reconstruction_form=linear``); the JSON's command
+then carries the overrides, so a variant never passes for the README's job.
 """
 
 from __future__ import annotations
@@ -74,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--workdir", default="", help="parent of the runs (default: a temporary folder, removed after)")
     p.add_argument("--out", required=True, help="JSON to write")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="config override added to every run (recorded in the JSON's command)")
     args = p.parse_args(argv)
+    overrides = [f"--config.{kv}" for kv in args.set]
+    if any("=" not in kv for kv in args.set):
+        p.error("--set takes FIELD=VALUE")
     out = pathlib.Path(args.out)
     if out.suffix != ".json":
         p.error(f"--out {out}: expected a .json path")
@@ -90,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for seed in args.seeds:
             workdir = parent / f"main_job_seed{seed}"
-            cmd = feratt(*MAIN_JOB, "--workdir", str(workdir), *([f"--config.seed={seed}"] if seed else []))
+            cmd = feratt(*MAIN_JOB, "--workdir", str(workdir), *overrides, *([f"--config.seed={seed}"] if seed else []))
             load = os.getloadavg()[0]
             t0 = time.perf_counter()
             subprocess.run(cmd, cwd=REPO, check=True)
@@ -115,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     yardstick = yardstick_seconds(bench)
     result = {
-        "command": " ".join(("feratt", *MAIN_JOB, "--workdir", "runs/ferattention_quick")),
+        "command": " ".join(("feratt", *MAIN_JOB, "--workdir", "runs/ferattention_quick", *overrides)),
         "yardstick_command": " ".join(("feratt", *YARDSTICK)),
         "date": bench["meta"].get("date"),
         "device": bench["meta"].get("device"),

@@ -115,3 +115,79 @@ def test_probe_report_records_every_generator_field(tmp_path):
     assert recorded["fold_contrast"] == defaults.fold_contrast
     assert recorded["gain_range"] == list(defaults.gain_range)
     assert set(recorded) == {f.name for f in dataclasses.fields(defaults)}
+
+
+def _fake_fold(fold_dir, val_by_step, *, render=None, test=None, precision="default", num_steps=400):
+    """A feratt train workdir as far as sweep_summary.py reads it (batch 10, eval every 100 steps)."""
+    import json
+
+    fold_dir.mkdir(parents=True)
+    config = {"train": {"batch_size": 10, "num_steps": num_steps}, "data": {"render": render or {}}, "loss": {"reconstruction_form": "tanh"}}
+    (fold_dir / "config.json").write_text(json.dumps(config))
+    rows = [{"step": s, "train/accuracy": 0.1} for s in val_by_step] + [{"step": s, "val/accuracy": a} for s, a in val_by_step.items()]
+    (fold_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    if test is not None:
+        (fold_dir / "eval").mkdir()
+        report = {"test": {"accuracy": test}, "device_kind": "fake", "default_matmul_precision": precision}
+        (fold_dir / "eval" / "metrics.json").write_text(json.dumps(report))
+
+
+def test_sweep_summary_tables_each_job_with_its_overrides_plateau_and_mean(tmp_path):
+    ss = experiment_scripts.load("sweep_summary")
+    sweep = tmp_path / "sweep"
+    # Job a: two folds; fold 0 gains 0.70 - 0.60 = 10 points over its last quarter (steps 300 -> 400).
+    _fake_fold(sweep / "a" / "m" / "fold_0", {100: 0.20, 200: 0.50, 300: 0.60, 400: 0.70}, render={"downsample_size": 24}, test=0.75)
+    _fake_fold(sweep / "a" / "m" / "fold_1", {100: 0.30, 200: 0.80, 300: 0.81, 400: 0.82}, render={"downsample_size": 24}, test=0.85)
+    # Job b: stopped by a budget at step 200 of 400 (flat, but not a plateau: unfinished).
+    _fake_fold(sweep / "b" / "m" / "fold_0", {100: 0.1, 200: 0.1})
+    (sweep / "b" / "table").mkdir()  # paper_table.py's output folder: not a method
+    # Job c: finished at full float32 on a GPU (the precision comes from the environment, not the config).
+    _fake_fold(sweep / "c" / "m" / "fold_0", {100: 0.1, 200: 0.1, 300: 0.1, 400: 0.1}, test=0.125, precision="highest")
+    out = tmp_path / "out"
+    assert ss.main(["--workdir", str(sweep), "--out", str(out), "--plot-method", "m", "--band", "65,85"]) == 0
+    md = (out / "sweep.md").read_text()
+    assert "| a | m | downsample_size=24 | fold_0 | 75.0 | 70.0 (400) | +10.0 | no | 2 / 2 |" in md
+    assert "| a | m | downsample_size=24 | fold_1 | 85.0 | 82.0 (400) | +1.0 | yes | 1 / 2 |" in md
+    assert "| a | m | | mean | 80.0 |" in md
+    assert "| b | m | - | fold_0 | - | 10.0 (200) | +0.0 | unfinished | - / - |" in md
+    assert "| c | m | JAX_DEFAULT_MATMUL_PRECISION=highest | fold_0 | 12.5 | 10.0 (400) | +0.0 | yes | - / - |" in md
+    assert (out / "sweep_curves.png").stat().st_size > 0
+    rows = __import__("json").loads((out / "sweep.json").read_text())["rows"]
+    assert [(r["job"], len(r["folds"])) for r in rows] == [("a", 2), ("b", 1), ("c", 1)]
+
+
+def test_sweep_summary_refuses_a_folder_without_runs(tmp_path, capsys):
+    ss = experiment_scripts.load("sweep_summary")
+    with pytest.raises(SystemExit):
+        ss.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert "no JOB/METHOD/fold_k/metrics.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "jobs, message",
+    [
+        (None, "no such file"),
+        ("# only a comment\n\n", "has no jobs"),
+        ("a --methods preactresnet18\nb/c --methods preactresnet18\n", "line 2: job name 'b/c'"),
+        ("a --methods preactresnet18\na --methods ferattention\n", "line 2: job 'a' named twice"),
+    ],
+)
+def test_gpu_sweep_jobs_file_is_checked_before_any_work(tmp_path, jobs, message):
+    """experiments/gpu_paper_table.sh --jobs: a bad file stops it with one line naming the file, before any output."""
+    import subprocess
+
+    jobs_file = tmp_path / "jobs.txt"
+    if jobs is not None:
+        jobs_file.write_text(jobs)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        ["bash", str(experiment_scripts.EXPERIMENTS / "gpu_paper_table.sh"), "--jobs", str(jobs_file), "--workdir", str(tmp_path / "runs"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr and str(jobs_file) in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "runs").exists()

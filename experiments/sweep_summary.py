@@ -1,0 +1,156 @@
+"""One table of a sweep run by ``experiments/gpu_paper_table.sh --jobs FILE`` (or by hand in the same layout).
+
+The sweep's workdir holds one folder per job, ``WORKDIR/JOB/METHOD/fold_k``
+(a ``feratt train`` workdir each). For every job this reads each fold's
+validation curve (:func:`feratt_jax.learning_curves.read_validation_curve`:
+images seen until 25 % and 50 %, the plateau test) and, when the fold
+finished, its test accuracy (``eval/metrics.json``), and writes to ``--out``:
+
+* ``sweep.md``: one row per job: the config overrides that set it apart
+  (from its ``config.json``), per-fold test accuracy and their mean, the
+  last validation accuracy, the last quarter's gain and the plateau verdict;
+* ``sweep.json``: the same, with every curve;
+* ``sweep_curves.png``: fold 0's validation curve of every job of the method
+  given by ``--plot-method``, with ``--band`` shaded.
+
+The benchmark calibration's GPU sweep (docs/training.md section 0):
+
+    tar xzf runs.tar.gz -C runs/gpu_sweep
+    python experiments/sweep_summary.py --workdir runs/gpu_sweep/sweep \\
+        --out experiments/results/benchmark_calibration/gpu_sweep --band 65,85
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+from typing import Any
+
+
+def overrides_of(fold_dir: pathlib.Path) -> dict[str, Any]:
+    """The render / generator overrides and the loss options a run was trained with (its ``config.json``)."""
+    config = json.loads((fold_dir / "config.json").read_text())
+    data = config.get("data", {})
+    out = {f"data.render.{k}": v for k, v in sorted((data.get("render") or {}).items())}
+    out.update({f"data.generator.{k}": v for k, v in sorted((data.get("generator") or {}).items())})
+    for key, value in sorted((config.get("loss") or {}).items()):
+        if key == "reconstruction_form" and value != "tanh":
+            out[f"loss.{key}"] = value
+    return out
+
+
+def fold_row(fold_dir: pathlib.Path) -> dict[str, Any]:
+    """One fold: its validation curve, and its test accuracy and device when it finished."""
+    from feratt_jax.learning_curves import read_validation_curve
+
+    row: dict[str, Any] = {"fold": fold_dir.name, "curve": read_validation_curve(fold_dir), "test_accuracy": None}
+    report = fold_dir / "eval" / "metrics.json"
+    if report.is_file():
+        summary = json.loads(report.read_text())
+        row["test_accuracy"] = summary["test"]["accuracy"]
+        row["device_kind"] = summary.get("device_kind")
+        row["default_matmul_precision"] = summary.get("default_matmul_precision")
+    return row
+
+
+def job_rows(workdir: pathlib.Path) -> list[dict[str, Any]]:
+    """Every (job, method) of a sweep workdir, its folds in order."""
+    rows = []
+    for job in sorted(p for p in workdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for method in sorted(p for p in job.iterdir() if p.is_dir() and any(p.glob("fold_*/metrics.jsonl"))):
+            folds = sorted(method.glob("fold_*"), key=lambda p: int(p.name.split("_")[1]))
+            folds = [f for f in folds if (f / "metrics.jsonl").is_file()]
+            per_fold = [fold_row(f) for f in folds]
+            tests = [r["test_accuracy"] for r in per_fold if r["test_accuracy"] is not None]
+            overrides = overrides_of(folds[0])
+            # Set by the environment, not the config: shown so a full-float32 GPU run stands apart.
+            precision = {r.get("default_matmul_precision") for r in per_fold} - {None, "default"}
+            if precision:
+                overrides["JAX_DEFAULT_MATMUL_PRECISION"] = ",".join(sorted(precision))
+            rows.append(
+                {
+                    "job": job.name,
+                    "method": method.name,
+                    "overrides": overrides,
+                    "folds": per_fold,
+                    "test_accuracy_mean": statistics.fmean(tests) if tests else None,
+                }
+            )
+    return rows
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def table_markdown(rows: list[dict[str, Any]], command: str) -> str:
+    lines = [
+        "# Sweep",
+        "",
+        "Per fold: test accuracy of the best-validation checkpoint (`-`: the fold did not finish), the last "
+        "validation accuracy, the gain over the last quarter of the planned steps and the plateau test (< 2 points), "
+        "and the thousands of training images seen until validation first reached 25 % and 50 %.",
+        "",
+        "| job | method | overrides | fold | test % | last val % (step) | last-quarter gain | plateau | 25 % / 50 % at (k images) |",
+        "|---|---|---|---|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        over = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r["overrides"].items()) or "-"
+        for f in r["folds"]:
+            c = f["curve"]
+            last = f"{_pct(c['val_accuracy'][-1])} ({c['last_step']})" if c["val_accuracy"] else "-"
+            gain = "-" if c["last_quarter_gain_points"] is None else f"{c['last_quarter_gain_points']:+.1f}"
+            reach = " / ".join("-" if c[k] is None else f"{c[k] // 1000}" for k in ("images_to_25pct", "images_to_50pct"))
+            plateau = "unfinished" if not c["finished"] else ("yes" if c["plateau"] else "no")
+            lines.append(f"| {r['job']} | {r['method']} | {over} | {f['fold']} | {_pct(f['test_accuracy'])} | {last} | {gain} | {plateau} | {reach} |")
+        if len(r["folds"]) > 1 and r["test_accuracy_mean"] is not None:
+            lines.append(f"| {r['job']} | {r['method']} | | mean | {_pct(r['test_accuracy_mean'])} | | | | |")
+    lines += ["", "Made by:", "", "```", command, "```", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", required=True, help="the sweep's workdir (WORKDIR/JOB/METHOD/fold_k)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--plot-method", default="preactresnet18", help="method whose fold-0 curves go in sweep_curves.png")
+    p.add_argument("--band", default="", metavar="LO,HI", help="shade a target range in percent, e.g. 65,85")
+    args = p.parse_args(argv)
+    workdir = pathlib.Path(args.workdir)
+    if not workdir.is_dir():
+        p.error(f"--workdir {workdir}: no such folder")
+    band = None
+    if args.band:
+        try:
+            lo, hi = (float(v) for v in args.band.split(","))
+        except ValueError:
+            p.error(f"--band {args.band!r}: expected LO,HI in percent")
+        band = (lo, hi, f"target {lo:g}-{hi:g} %")
+    rows = job_rows(workdir)
+    if not rows:
+        p.error(f"--workdir {workdir}: no JOB/METHOD/fold_k/metrics.jsonl below it")
+
+    from feratt_jax import plots
+
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python experiments/sweep_summary.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    (out / "sweep.md").write_text(table_markdown(rows, command))
+    (out / "sweep.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
+    series = {
+        r["job"]: ([n / 1000 for n in r["folds"][0]["curve"]["images"]], [100 * a for a in r["folds"][0]["curve"]["val_accuracy"]])
+        for r in rows
+        if r["method"] == args.plot_method and r["folds"]
+    }
+    if series:
+        plots.curves_png(
+            out / "sweep_curves.png", [], series, "training images seen (thousands)", "validation accuracy (%)", f"{args.plot_method}, fold 0", band=band
+        )
+    print((out / "sweep.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
