@@ -100,6 +100,7 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     c.data.test_size = 2048
     c.data.eval_seed = 1234
     c.data.background_dir = ""  # a folder of the user's own images (e.g. COCO); "" = built-in
+    c.data.face_scene_prob = 0.0  # share of backgrounds with other (non-dataset) faces pasted in
     c.data.render_preset = "train"
     c.data.eval_render_preset = "train"  # "eval" = the reference eval.py's harsher 45/0.3/0.2
     c.data.cache_dir = ""  # "" = $FERATT_CACHE_DIR or ~/.cache/feratt_jax

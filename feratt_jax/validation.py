@@ -137,6 +137,7 @@ DEFAULTS_OF_NEWER_FIELDS = {
     "optimizer.plateau_factor": 0.1,
     "optimizer.plateau_patience": 5,
     "loss.reconstruction_form": "tanh",
+    "data.face_scene_prob": 0.0,
 }
 
 

@@ -188,6 +188,8 @@ def test_data_config_errors(tmp_path):
         DataConfig.from_dict({"num_subject": 3})
     with pytest.raises(ValueError, match="photo_prob must be a probability"):
         DataConfig(photo_prob=1.2)
+    with pytest.raises(ValueError, match="face_scene_prob must be a probability in \\[0, 1\\], got 1.5"):
+        DataConfig(face_scene_prob=1.5)
     with pytest.raises(ValueError, match="flip_prob must be a probability"):
         DataConfig.from_dict({"render": {"flip_prob": 2.0}})
     with pytest.raises(ValueError, match="image_size 50 is not supported"):
@@ -260,3 +262,56 @@ def test_cli_preview(tmp_path):
     assert args.func is not None and args.out.endswith("p.png")
     with pytest.raises(SystemExit):
         parser.parse_args(["data", "preview"])  # --out is required
+
+
+# --- scenes with faces in the backgrounds --------------------------------------
+
+
+def test_paste_face_composites_through_the_mask_and_cuts_at_the_edge():
+    from feratt_jax.data.backgrounds import paste_face
+
+    scene = np.full((20, 20), 10, np.uint8)
+    face = np.full((8, 8), 100, np.uint8)
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:, :4] = 255  # only the left half is face
+    out = paste_face(scene, face, mask, top=6, left=6, side=8, gain=1.5)
+    # Inside the masked half, away from the softened edge: the face at gain 1.5; the other half
+    # and everything outside the box: the scene, untouched.
+    assert out[8:12, 6:8].tolist() == [[150, 150]] * 4
+    assert (out[:, 12:] == 10).all() and (out[:5] == 10).all() and (out[15:] == 10).all()
+    assert scene[8, 6] == 10  # a copy: the caller's scene is not modified
+    # Mirrored, the face half is on the right.
+    flipped = paste_face(scene, face, mask, top=6, left=6, side=8, gain=1.5, flip=True)
+    assert flipped[8:12, 12:14].tolist() == [[150, 150]] * 4 and flipped[10, 6] == 10
+    # Half off the scene: only the part inside is pasted; entirely off: the scene as it was.
+    edge = paste_face(scene, face, np.full((8, 8), 255, np.uint8), top=-4, left=0, side=8, gain=1.0)
+    assert edge[0:2, 0:2].tolist() == [[100, 100], [100, 100]] and (edge[5:] == 10).all()
+    assert np.array_equal(paste_face(scene, face, mask, top=30, left=0, side=8, gain=1.0), scene)
+
+
+def test_face_scenes_take_their_share_of_crops_and_leave_the_other_crops_unchanged(tmp_path):
+    cfg = _cfg(tmp_path, face_scene_prob=0.25)
+    faces, masks = pipeline.scene_faces(cfg, n=4)
+    assert faces.shape == masks.shape == (4, 128, 128) and faces.dtype == np.uint8 and masks.any(axis=(1, 2)).all()
+    pool = BackgroundPool.build(32, num_procedural=4, seed=0, scene_faces=(faces, masks), face_scene_prob=0.25, num_face_scenes=3)
+    plain = BackgroundPool.build(32, num_procedural=4, seed=0)
+    assert len(pool.face_scenes) == 3 and len(pool) == len(plain) + 3
+    # The scenes are clutter with faces pasted in: each differs from every plain clutter image.
+    assert all(not any(np.array_equal(s, q) for q in plain.procedural) for s in pool.face_scenes)
+    u = np.random.default_rng(0).random((400, BackgroundPool.DRAWS_PER_CROP))
+    u[:, 5] = 0.0  # no flips / turns, so each crop can be found in its source as is
+    a, b = pool.crops(u), plain.crops(u)
+    scene_rows = u[:, 0] >= 0.75
+    assert 70 < scene_rows.sum() < 130  # about a quarter
+    # Every crop drawn from a scene is the window of the scene u1 picks, through the crop's gamma.
+    for i in np.flatnonzero(scene_rows)[:5]:
+        src = pool.face_scenes[int(u[i, 1] * 3)]
+        y = int(u[i, 3] * (src.shape[0] - 32 + 1))
+        x = int(u[i, 4] * (src.shape[1] - 32 + 1))
+        lut = np.round(255.0 * (np.arange(256, dtype=np.float32) / 255.0) ** np.exp(u[i, 6] - 0.5)).astype(np.uint8)
+        assert np.array_equal(a[i], lut[src[y : y + 32, x : x + 32]])
+    # Off by default: the same draws give the same crops as a pool without scenes.
+    off = BackgroundPool.build(32, num_procedural=4, seed=0, scene_faces=(faces, masks), face_scene_prob=0.0)
+    assert off.face_scenes == [] and np.array_equal(off.crops(u), b)
+    with pytest.raises(ValueError, match="face_scene_prob > 0 needs scene_faces"):
+        BackgroundPool.build(32, num_procedural=4, face_scene_prob=0.5)

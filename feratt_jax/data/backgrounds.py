@@ -1,6 +1,6 @@
 """Background clutter for the compositing renderer (the reference's COCO substitute).
 
-Two sources, mixed per sample (docs/data.md 3.3):
+Two sources, mixed per sample (docs/data.md 3.3), and optionally a third (3.4):
 
 * **Photos.** By default the CC0 / public-domain photos that ship inside the
   scikit-image wheel, loaded from the installed package at run time (never
@@ -10,6 +10,12 @@ Two sources, mixed per sample (docs/data.md 3.3):
 * **Procedural clutter**: multi-octave value noise, linear and radial
   gradients, random polygons / ellipses / lines, stripes and checkerboards,
   with contrast jitter.
+* **Scenes with faces** (``face_scene_prob``, off by default): procedural
+  clutter with one to three other faces pasted in at random sizes, places and
+  lightness, as the reference's COCO photos often show people. The caller
+  supplies those faces (the pipeline draws them from identities that are not
+  the dataset's subjects), so a network cannot find the face to classify by
+  looking for anything face-like.
 
 Everything is stored grey (uint8): the renderer outputs grey images, so colour
 would only triple host memory and host-to-device traffic. Random crops at random
@@ -314,6 +320,67 @@ def procedural_background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
+def paste_face(
+    scene: np.ndarray, face: np.ndarray, mask: np.ndarray, top: int, left: int, side: int, gain: float, flip: bool = False
+) -> np.ndarray:
+    """One face composited onto a scene through its mask (a copy; parts off the scene are cut).
+
+    Args:
+      scene: (H, W) grey uint8.
+      face: (S, S) grey uint8 face on black (the shared face schema).
+      mask: (S, S) uint8 face mask (nonzero on the face).
+      top, left: where the resized face's top-left corner goes (may be negative).
+      side: side of the resized face in scene pixels.
+      gain: lightness gain applied to the face.
+      flip: mirror the face left-right.
+
+    Returns:
+      (H, W) uint8.
+    """
+    f = face[:, ::-1] if flip else face
+    m = mask[:, ::-1] if flip else mask
+    z = side / f.shape[0]
+    f = ndimage.zoom(f.astype(np.float32), z, order=1)
+    # A slightly soft edge, as a pasted photo cut-out has.
+    a = np.clip(ndimage.gaussian_filter(ndimage.zoom((m > 0).astype(np.float32), z, order=1), 0.7), 0.0, 1.0)
+    out = scene.astype(np.float32)
+    h, w = out.shape
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + f.shape[0], h), min(left + f.shape[1], w)
+    if y1 <= y0 or x1 <= x0:
+        return scene.copy()
+    fs = f[y0 - top : y1 - top, x0 - left : x1 - left] * gain
+    al = a[y0 - top : y1 - top, x0 - left : x1 - left]
+    out[y0:y1, x0:x1] = al * fs + (1.0 - al) * out[y0:y1, x0:x1]
+    return np.round(np.clip(out, 0, 255)).astype(np.uint8)
+
+
+def face_scene(rng: np.random.Generator, size: int, faces: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Procedural clutter with one to three of ``faces`` pasted in.
+
+    Each face is 20-50 % of the scene's side (a crop of half the scene, the
+    pool's usual window, shows it at 40-100 % of the crop: about the size of
+    the face being composited, or smaller), placed anywhere it stays at least
+    half inside, mirrored at random, with a lightness gain in [0.6, 1.3].
+
+    Args:
+      rng: random stream.
+      size: scene side in pixels.
+      faces: (N, S, S) uint8 faces on black.
+      masks: (N, S, S) uint8 masks.
+
+    Returns:
+      (size, size) grey uint8.
+    """
+    scene = procedural_background(rng, size)
+    for _ in range(int(rng.integers(1, 4))):
+        i = int(rng.integers(len(faces)))
+        side = max(8, int(round(size * rng.uniform(0.2, 0.5))))
+        top, left = (int(v) for v in rng.integers(-side // 2, size - side // 2, size=2))
+        scene = paste_face(scene, faces[i], masks[i], top, left, side, float(rng.uniform(0.6, 1.3)), bool(rng.random() < 0.5))
+    return scene
+
+
 # ---------------------------------------------------------------------------
 # The pool: random crops at random scales
 # ---------------------------------------------------------------------------
@@ -327,13 +394,18 @@ class BackgroundPool:
       photo_levels: per photo, its pyramid levels (grey uint8).
       procedural: procedural images (grey uint8), each >= crop_size.
       crop_size: side of the crops handed to the renderer.
-      photo_prob: probability a crop comes from a photo (vs procedural).
+      photo_prob: probability a crop comes from a photo (vs procedural), of
+        the crops that are not face scenes.
+      face_scenes: procedural scenes with faces in them (grey uint8).
+      face_scene_prob: probability a crop comes from a face scene.
     """
 
     photo_levels: list[list[np.ndarray]]
     procedural: list[np.ndarray]
     crop_size: int
     photo_prob: float = 0.5
+    face_scenes: list[np.ndarray] = dataclasses.field(default_factory=list)
+    face_scene_prob: float = 0.0
 
     @classmethod
     def build(
@@ -346,6 +418,9 @@ class BackgroundPool:
         photo_prob: float = 0.5,
         max_images: int = 500,
         seed: int = 0,
+        scene_faces: tuple[np.ndarray, np.ndarray] | None = None,
+        face_scene_prob: float = 0.0,
+        num_face_scenes: int = 64,
     ) -> "BackgroundPool":
         """Builds a pool from the scikit-image photos (or a user folder) plus procedural clutter.
 
@@ -358,6 +433,10 @@ class BackgroundPool:
           photo_prob: probability a crop is a photo crop.
           max_images: cap on user photos loaded.
           seed: seed of the procedural images (and of the user subset).
+          scene_faces: (faces, masks), each (N, S, S) uint8: the faces pasted
+            into the face scenes; needed when ``face_scene_prob > 0``.
+          face_scene_prob: probability a crop comes from a face scene.
+          num_face_scenes: how many face scenes are drawn (seeded).
 
         Returns:
           The pool.
@@ -378,7 +457,16 @@ class BackgroundPool:
         procedural = [procedural_background(rng, size) for _ in range(num_procedural)]
         if not procedural and photo_prob < 1.0:
             photo_prob = 1.0
-        return cls(photo_levels, procedural, crop_size, photo_prob)
+        if not 0.0 <= face_scene_prob <= 1.0:
+            raise ValueError(f"face_scene_prob must be a probability in [0, 1], got {face_scene_prob}")
+        scenes = []
+        if face_scene_prob > 0:
+            if scene_faces is None or len(scene_faces[0]) == 0 or num_face_scenes < 1:
+                raise ValueError("face_scene_prob > 0 needs scene_faces and num_face_scenes >= 1")
+            # Its own stream: turning face scenes on leaves the other sources' images as they were.
+            scene_rng = np.random.default_rng([seed, 0xFACE])
+            scenes = [face_scene(scene_rng, size, *scene_faces) for _ in range(num_face_scenes)]
+        return cls(photo_levels, procedural, crop_size, photo_prob, scenes, face_scene_prob)
 
     # Uniform draws consumed per crop by :meth:`crops`.
     DRAWS_PER_CROP = 7
@@ -412,12 +500,18 @@ class BackgroundPool:
         n = u.shape[0]
         c = self.crop_size
         out = np.empty((n, c, c), np.uint8)
-        use_photo = u[:, 0] < self.photo_prob
+        # u0 splits the crops: the top face_scene_prob of [0, 1) goes to face scenes and the
+        # rest is shared between photos and clutter in the ratio photo_prob; with no face
+        # scenes this is the older rule ``u0 < photo_prob``, so the crops are unchanged.
+        use_scene = u[:, 0] >= 1.0 - self.face_scene_prob if self.face_scenes else np.zeros(n, bool)
+        use_photo = u[:, 0] < self.photo_prob * (1.0 - (self.face_scene_prob if self.face_scenes else 0.0))
         flips = np.minimum((u[:, 5] * 8).astype(np.int64), 7)
         # Gamma log-uniform in [e^-0.5, e^0.5]: mild contrast changes per crop.
         gammas = np.exp(u[:, 6] - 0.5)
         for i in range(n):
-            if (use_photo[i] and self.photo_levels) or not self.procedural:
+            if use_scene[i]:
+                img = self.face_scenes[int(u[i, 1] * len(self.face_scenes))]
+            elif (use_photo[i] and self.photo_levels) or not self.procedural:
                 levels = self.photo_levels[int(u[i, 1] * len(self.photo_levels))]
                 img = levels[int(u[i, 2] * len(levels))]
             else:
@@ -440,4 +534,4 @@ class BackgroundPool:
         return luts[rows, out]
 
     def __len__(self) -> int:
-        return len(self.photo_levels) + len(self.procedural)
+        return len(self.photo_levels) + len(self.procedural) + len(self.face_scenes)

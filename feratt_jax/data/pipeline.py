@@ -94,6 +94,8 @@ class DataConfig:
       background_size: side of the host background crops (0 = image_size).
       num_procedural_backgrounds: procedural clutter images in the pool.
       photo_prob: share of photo (vs procedural) backgrounds.
+      face_scene_prob: share of backgrounds cut from clutter with other faces
+        pasted in (0 = none; :func:`scene_faces` says whose faces).
       max_background_images: cap on user photos loaded.
       render_preset: renderer preset for training ("train", "eval", "identity").
       eval_render_preset: renderer preset for val/test.
@@ -126,6 +128,7 @@ class DataConfig:
     background_size: int = 0
     num_procedural_backgrounds: int = 128
     photo_prob: float = 0.5
+    face_scene_prob: float = 0.0
     max_background_images: int = 500
     render_preset: str = "train"
     eval_render_preset: str = "train"
@@ -164,6 +167,8 @@ class DataConfig:
                 fail(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.photo_prob <= 1.0:
             fail(f"photo_prob must be a probability in [0, 1], got {self.photo_prob}")
+        if not 0.0 <= self.face_scene_prob <= 1.0:
+            fail(f"face_scene_prob must be a probability in [0, 1], got {self.face_scene_prob}")
         if self.num_procedural_backgrounds == 0 and self.photo_prob < 1.0:
             fail("num_procedural_backgrounds=0 needs photo_prob=1.0")
         if self.background_size and self.background_size < 8:
@@ -289,6 +294,31 @@ class BlackBackgrounds:
         return self.crops(np.zeros((n, BackgroundPool.DRAWS_PER_CROP)))
 
 
+# Faces drawn for the background scenes (face_scene_prob > 0).
+NUM_SCENE_FACES = 48
+
+
+def scene_faces(config: DataConfig, n: int = NUM_SCENE_FACES) -> tuple[np.ndarray, np.ndarray]:
+    """The faces pasted into background scenes: ``n`` generator subjects that are in no split.
+
+    They are subjects ``num_subjects .. num_subjects + n - 1`` of the
+    dataset's own generator and seed (each subject's identity has its own
+    random stream), so no face of a train, validation or test subject ever
+    appears in a background; each with a random class and intensity.
+
+    Returns:
+      (faces, masks), each (n, 128, 128) uint8.
+    """
+    gen = config.generator_config()
+    rng = np.random.default_rng([config.face_seed, 0x5CE7E])
+    labels = rng.integers(0, synthfaces.NUM_CLASSES, n)
+    index = rng.integers(0, max(config.intensities, 1), n)
+    records = [
+        synthfaces.generate_face(config.num_subjects + i, int(labels[i]), int(index[i]), config.face_seed, gen) for i in range(n)
+    ]
+    return np.stack([r["image"] for r in records]).astype(np.uint8), np.stack([r["mask"] for r in records]).astype(np.uint8)
+
+
 def build_background_pool(config: DataConfig, seed: int = 0) -> BackgroundPool | BlackBackgrounds:
     """The background pool of a data config (black crops in mode "real")."""
     if config.mode == "real":
@@ -300,6 +330,8 @@ def build_background_pool(config: DataConfig, seed: int = 0) -> BackgroundPool |
         photo_prob=config.photo_prob,
         max_images=config.max_background_images,
         seed=seed,
+        scene_faces=scene_faces(config) if config.face_scene_prob > 0 else None,
+        face_scene_prob=config.face_scene_prob,
     )
 
 
