@@ -48,14 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         if "images" not in old or "val_accuracy" not in old:
             p.error(f"--before {path}: not a calibration_curve.py JSON (no images / val_accuracy)")
         before[label] = ([n / 1000 for n in old["images"]], [100 * a for a in old["val_accuracy"]])
-    band = None
-    if args.band:
-        try:
-            lo, hi = (float(v) for v in args.band.split(","))
-        except ValueError:
-            p.error(f"--band {args.band!r}: expected LO,HI in percent")
-        band = (lo, hi, f"target {lo:g}-{hi:g} %")
     from feratt_jax import plots
+
+    try:
+        band = plots.target_band(args.band)
+    except ValueError as err:
+        p.error(f"--band {args.band!r}: {err}")
     from feratt_jax.learning_curves import read_validation_curve
 
     workdir = pathlib.Path(args.workdir)

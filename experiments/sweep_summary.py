@@ -26,6 +26,7 @@ import argparse
 import json
 import pathlib
 import statistics
+import sys
 from typing import Any
 
 
@@ -121,22 +122,19 @@ def main(argv: list[str] | None = None) -> int:
     workdir = pathlib.Path(args.workdir)
     if not workdir.is_dir():
         p.error(f"--workdir {workdir}: no such folder")
-    band = None
-    if args.band:
-        try:
-            lo, hi = (float(v) for v in args.band.split(","))
-        except ValueError:
-            p.error(f"--band {args.band!r}: expected LO,HI in percent")
-        band = (lo, hi, f"target {lo:g}-{hi:g} %")
+    from feratt_jax import plots
+
+    try:
+        band = plots.target_band(args.band)
+    except ValueError as err:
+        p.error(f"--band {args.band!r}: {err}")
     rows = job_rows(workdir)
     if not rows:
         p.error(f"--workdir {workdir}: no JOB/METHOD/fold_k/metrics.jsonl below it")
 
-    from feratt_jax import plots
-
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "python experiments/sweep_summary.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    command = "python experiments/sweep_summary.py " + " ".join(argv if argv is not None else sys.argv[1:])
     (out / "sweep.md").write_text(table_markdown(rows, command))
     (out / "sweep.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
     series = {

@@ -72,7 +72,10 @@ def to_torch(source: str | pathlib.Path, out: str | pathlib.Path, *, include_enc
     ``include_encoder_alias``: also write the reference's duplicated
     ``attention_map.encoder.*`` keys. A spec whose ``extra`` has
     ``input_standardization`` needs its images standardized before the
-    model, which the reference's loaders do not do.
+    model, which the reference's loaders do not do; one whose model options
+    have ``reconstruction_relu: False`` (the quick size's) ends its
+    reconstruction without the ReLU the reference's network applies. Both are
+    recorded in the checkpoint's ``feratt_jax_model_options``.
     """
     _, variables, spec = runs.load_any(source)
     extra = spec.get("extra", {})

@@ -39,6 +39,8 @@ def model_options(model_config: ml_collections.ConfigDict) -> dict[str, Any]:
         options["num_filters"] = model_config.num_filters
         options["backbone_width"] = model_config.backbone_width
         options["num_feature_blocks"] = model_config.get("num_feature_blocks", 8)
+        if not model_config.get("reconstruction_relu", True):
+            options["reconstruction_relu"] = False
         if model_config.name in PAPER_ERA_MODELS:  # its STN's last layer is sized by the input
             options["image_size"] = model_config.input_size or DEFAULT_IMAGE_SIZE[model_config.name]
         elif model_config.attention_channels:

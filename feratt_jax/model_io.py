@@ -322,6 +322,8 @@ def module_options(module: nn.Module) -> dict[str, Any]:
             options["num_filters"] = int(module.num_filters)
         if module.backbone_width != 64:
             options["backbone_width"] = int(module.backbone_width)
+        if not module.reconstruction_relu:
+            options["reconstruction_relu"] = False
         return options
     options = {"embedding": True} if getattr(module, "dim", None) is not None else {}
     if isinstance(module, CVGG13) and module.dropout_rate != 0.5:

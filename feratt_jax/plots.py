@@ -87,6 +87,17 @@ def image_grid_png(path: str | pathlib.Path, columns: Mapping[str, np.ndarray], 
     fig.savefig(path, dpi=100)
 
 
+def target_band(text: str) -> tuple[float, float, str] | None:
+    """``"65,85"`` -> the ``band`` of :func:`curves_png` (``None`` for ""); ValueError otherwise."""
+    if not text:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError("expected LO,HI in percent") from None
+    return lo, hi, f"target {lo:g}-{hi:g} %"
+
+
 def curves_png(
     path: str | pathlib.Path,
     x: Sequence[float],

@@ -138,6 +138,7 @@ DEFAULTS_OF_NEWER_FIELDS = {
     "optimizer.plateau_patience": 5,
     "loss.reconstruction_form": "tanh",
     "data.face_scene_prob": 0.0,
+    "model.reconstruction_relu": True,
 }
 
 

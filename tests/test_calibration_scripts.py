@@ -1,7 +1,9 @@
-"""experiments/hog_probe.py and experiments/generator_sweep.py: argument checks and the 32 px view (the probes themselves are not run here)."""
+"""The calibration scripts (hog_probe, generator_sweep, calibration_candidates, sweep_summary, gpu_paper_table.sh --jobs): argument checks and their arithmetic (the probes and trainings themselves are not run here)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 
 import numpy as np
@@ -119,8 +121,6 @@ def test_probe_report_records_every_generator_field(tmp_path):
 
 def _fake_fold(fold_dir, val_by_step, *, render=None, test=None, precision="default", num_steps=400):
     """A feratt train workdir as far as sweep_summary.py reads it (batch 10, eval every 100 steps)."""
-    import json
-
     fold_dir.mkdir(parents=True)
     config = {"train": {"batch_size": 10, "num_steps": num_steps}, "data": {"render": render or {}}, "loss": {"reconstruction_form": "tanh"}}
     (fold_dir / "config.json").write_text(json.dumps(config))
@@ -152,7 +152,7 @@ def test_sweep_summary_tables_each_job_with_its_overrides_plateau_and_mean(tmp_p
     assert "| b | m | - | fold_0 | - | 10.0 (200) | +0.0 | unfinished | - / - |" in md
     assert "| c | m | JAX_DEFAULT_MATMUL_PRECISION=highest | fold_0 | 12.5 | 10.0 (400) | +0.0 | yes | - / - |" in md
     assert (out / "sweep_curves.png").stat().st_size > 0
-    rows = __import__("json").loads((out / "sweep.json").read_text())["rows"]
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
     assert [(r["job"], len(r["folds"])) for r in rows] == [("a", 2), ("b", 1), ("c", 1)]
 
 
@@ -162,6 +162,9 @@ def test_sweep_summary_refuses_a_folder_without_runs(tmp_path, capsys):
         ss.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "out")])
     assert "no JOB/METHOD/fold_k/metrics.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        ss.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "out"), "--band", "65"])
+    assert "--band '65': expected LO,HI in percent" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -175,8 +178,6 @@ def test_sweep_summary_refuses_a_folder_without_runs(tmp_path, capsys):
 )
 def test_gpu_sweep_jobs_file_is_checked_before_any_work(tmp_path, jobs, message):
     """experiments/gpu_paper_table.sh --jobs: a bad file stops it with one line naming the file, before any output."""
-    import subprocess
-
     jobs_file = tmp_path / "jobs.txt"
     if jobs is not None:
         jobs_file.write_text(jobs)

@@ -146,7 +146,10 @@ def test_loss_term_gradients_match_direct_gradients(small_feratt):
 
     grads = jax.jit(jax.grad(ce))(variables["params"])
     want = float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads["attention_map"]))))
-    assert report["norms"]["cross_entropy"]["attention"] == pytest.approx(want, rel=1e-4)
+    # Two float32 programs for one gradient through the ResNet-34 U-Net: without the ReLU after the
+    # reconstruction (the quick size since 2026-12-04) they differ by ~0.2 % under XLA's 8-device CPU
+    # thread partitioning (1e-7 with one device); a wrong term or part would differ by far more.
+    assert report["norms"]["cross_entropy"]["attention"] == pytest.approx(want, rel=1e-2)
 
 
 @pytest.mark.slow

@@ -327,3 +327,22 @@ def test_ferattention_forward_train_and_eval():
     np.testing.assert_allclose(out["warped"], normalize_layer(out["reconstruction"]), atol=1e-5)
     changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"], updates["batch_stats"])
     assert all(jax.tree.leaves(changed))
+
+
+def test_reconstruction_relu_off_leaves_the_batchnorm_output_as_is():
+    """model.reconstruction_relu=False: same parameters, the reconstruction is BN(.) with its negative part kept."""
+    from feratt_jax import model_io
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 64, 64, 3))  # the U-Net needs multiples of 64
+    small = dict(num_filters=8, backbone_width=8, num_feature_blocks=1)
+    ref = build_model("ferattention", num_classes=8, **small)
+    off = build_model("ferattention", num_classes=8, reconstruction_relu=False, **small)
+    variables = ref.init(jax.random.PRNGKey(1), x, train=False)
+    assert jax.tree_util.tree_structure(off.init(jax.random.PRNGKey(1), x, train=False)) == jax.tree_util.tree_structure(variables)
+    r_ref = ref.apply(variables, x, train=False)["reconstruction"]
+    r_off = off.apply(variables, x, train=False)["reconstruction"]
+    assert float(r_off.min()) < 0.0  # a fresh BN output is about half negative
+    np.testing.assert_array_equal(np.asarray(r_ref), np.maximum(np.asarray(r_off), 0.0))
+    # A saved model keeps the option (and the reference's default adds nothing to its spec).
+    assert model_io.module_options(off)["reconstruction_relu"] is False
+    assert "reconstruction_relu" not in model_io.module_options(ref)

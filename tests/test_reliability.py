@@ -389,3 +389,17 @@ def test_the_reconstruction_form_is_checked_and_older_runs_read_as_the_reference
     linear.loss.reconstruction_form = "linear"
     with pytest.raises(ValueError, match=r"loss.reconstruction_form \('tanh' -> 'linear'\)"):
         validation.check_resume(stored, linear, tmp_path)
+
+
+@pytest.mark.parametrize("field, newer", [("model.reconstruction_relu", False), ("data.face_scene_prob", 0.5)])
+def test_runs_stored_before_a_field_existed_resume_only_under_its_old_behaviour(tmp_path, field, newer):
+    """Fields added on 2026-12-04: an older config.json reads as the reference's ReLU and no face scenes."""
+    config = configs.load_config(TINY)
+    section, name = field.split(".")
+    stored = config.to_dict()
+    del stored[section][name]
+    validation.check_resume(stored, config, tmp_path)
+    changed = ml_collections.ConfigDict(config.to_dict())
+    changed[section][name] = newer
+    with pytest.raises(ValueError, match=rf"{field} \("):
+        validation.check_resume(stored, changed, tmp_path)

@@ -80,7 +80,7 @@ def build_model(name: str, *, num_classes: int, dim: int = 32, dtype: Any = jnp.
         raise ValueError(f"dim must be a positive int, got {dim!r}")
     if name in FERATT_VARIANTS:
         embedding, use_stn = FERATT_VARIANTS[name]
-        allowed = {"backbone", "attention_channels", "num_feature_blocks", "num_filters", "backbone_width", "gmmstn_cvgg_skips_warp"}
+        allowed = {"backbone", "attention_channels", "num_feature_blocks", "num_filters", "backbone_width", "reconstruction_relu", "gmmstn_cvgg_skips_warp"}
         _check_options(name, options, allowed)
         backbone = options.get("backbone", "preactresnet18")
         if backbone not in BACKBONES:

@@ -130,6 +130,10 @@ class FERAttention(nn.Module):
         reference). Smaller values are for quick CPU runs only.
       backbone_width: PreActResNet18's first-stage channels (64 in the
         reference); smaller values are for quick CPU runs only.
+      reconstruction_relu: end the reconstruction with ReLU(BN(.)) as the
+        reference does; False leaves BN(.) alone. A ReLU'd reconstruction
+        can fall into an all-black state it has no gradient to leave (every
+        unit below zero; docs/training.md section 8).
       gmmstn_cvgg_skips_warp: reproduce the reference bug where
         ferattentiongmmstn with the cvgg backbone classifies the unwarped
         image (defect 7). Off by default.
@@ -145,6 +149,7 @@ class FERAttention(nn.Module):
     num_feature_blocks: int = 8
     num_filters: int = 32
     backbone_width: int = 64
+    reconstruction_relu: bool = True
     gmmstn_cvgg_skips_warp: bool = False
     dtype: Dtype = jnp.float32
 
@@ -164,7 +169,9 @@ class FERAttention(nn.Module):
         attmap = nn.sigmoid(g_att) * g_ft
         fused = jnp.concatenate([attmap, x, g_att], axis=-1)
         recon = _ReconstructionConvs(3, dtype=self.dtype, name="reconstruction")(fused)
-        recon = nn.relu(BatchNorm2d(dtype=self.dtype, name="conv2_bn")(recon, train=train))
+        recon = BatchNorm2d(dtype=self.dtype, name="conv2_bn")(recon, train=train)
+        if self.reconstruction_relu:
+            recon = nn.relu(recon)
 
         outputs = {"reconstruction": recon, "attention": g_att, "features": g_ft}
         if self.use_stn:
