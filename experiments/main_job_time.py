@@ -81,8 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="config override added to every run (recorded in the JSON's command)")
     args = p.parse_args(argv)
     overrides = [f"--config.{kv}" for kv in args.set]
-    if any("=" not in kv for kv in args.set):
-        p.error("--set takes FIELD=VALUE")
+    if overrides:  # a typo fails here, in one line, not in the first child run
+        from feratt_jax.configs import load_config
+
+        try:
+            load_config(str(REPO / MAIN_JOB[2]), overrides)
+        except ValueError as err:
+            p.error(f"--set: {err}")
     out = pathlib.Path(args.out)
     if out.suffix != ".json":
         p.error(f"--out {out}: expected a .json path")

@@ -6,8 +6,8 @@ validation curve (:func:`feratt_jax.learning_curves.read_validation_curve`:
 images seen until 25 % and 50 %, the plateau test) and, when the fold
 finished, its test accuracy (``eval/metrics.json``), and writes to ``--out``:
 
-* ``sweep.md``: one row per job: the config overrides that set it apart
-  (from its ``config.json``), per-fold test accuracy and their mean, the
+* ``sweep.md``: one row per job: the config fields that set it apart from
+  the other jobs of its method (their ``config.json``), per-fold test accuracy and their mean, the
   last validation accuracy, the last quarter's gain and the plateau verdict;
 * ``sweep.json``: the same, with every curve;
 * ``sweep_curves.png``: fold 0's validation curve of every job of the method
@@ -30,16 +30,25 @@ import sys
 from typing import Any
 
 
-def overrides_of(fold_dir: pathlib.Path) -> dict[str, Any]:
-    """The render / generator overrides and the loss options a run was trained with (its ``config.json``)."""
-    config = json.loads((fold_dir / "config.json").read_text())
-    data = config.get("data", {})
-    out = {f"data.render.{k}": v for k, v in sorted((data.get("render") or {}).items())}
-    out.update({f"data.generator.{k}": v for k, v in sorted((data.get("generator") or {}).items())})
-    for key, value in sorted((config.get("loss") or {}).items()):
-        if key == "reconstruction_form" and value != "tanh":
-            out[f"loss.{key}"] = value
-    return out
+def flat_config(fold_dir: pathlib.Path) -> dict[str, Any]:
+    """A run's ``config.json``, flat, with its render / generator overrides as one field each."""
+    from feratt_jax import configs
+
+    flat = configs.flatten(json.loads((fold_dir / "config.json").read_text()))
+    for mapping in ("data.render", "data.generator"):
+        flat.update({f"{mapping}.{k}": v for k, v in (flat.pop(mapping, None) or {}).items()})
+    return flat
+
+
+def distinguishing_fields(flat_by_job: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per job, the config fields whose value is not the same in every job given (the fold's own index aside).
+
+    A render / generator override counts as differing from jobs that lack it.
+    """
+    keys = sorted({k for flat in flat_by_job.values() for k in flat} - {"data.fold"})
+    missing = object()
+    varying = [k for k in keys if len({repr(flat.get(k, missing)) for flat in flat_by_job.values()}) > 1]
+    return {job: {k: flat[k] for k in varying if k in flat} for job, flat in flat_by_job.items()}
 
 
 def fold_row(fold_dir: pathlib.Path) -> dict[str, Any]:
@@ -57,7 +66,12 @@ def fold_row(fold_dir: pathlib.Path) -> dict[str, Any]:
 
 
 def job_rows(workdir: pathlib.Path) -> list[dict[str, Any]]:
-    """Every (job, method) of a sweep workdir, its folds in order."""
+    """Every (job, method) of a sweep workdir, its folds in order.
+
+    ``overrides``: the config fields that set the job apart from the sweep's
+    other jobs of the same method (their fold 0), and the matmul precision
+    when the environment raised it.
+    """
     rows = []
     for job in sorted(p for p in workdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for method in sorted(p for p in job.iterdir() if p.is_dir() and any(p.glob("fold_*/metrics.jsonl"))):
@@ -65,20 +79,24 @@ def job_rows(workdir: pathlib.Path) -> list[dict[str, Any]]:
             folds = [f for f in folds if (f / "metrics.jsonl").is_file()]
             per_fold = [fold_row(f) for f in folds]
             tests = [r["test_accuracy"] for r in per_fold if r["test_accuracy"] is not None]
-            overrides = overrides_of(folds[0])
-            # Set by the environment, not the config: shown so a full-float32 GPU run stands apart.
-            precision = {r.get("default_matmul_precision") for r in per_fold} - {None, "default"}
-            if precision:
-                overrides["JAX_DEFAULT_MATMUL_PRECISION"] = ",".join(sorted(precision))
             rows.append(
                 {
                     "job": job.name,
                     "method": method.name,
-                    "overrides": overrides,
+                    "config": flat_config(folds[0]),
                     "folds": per_fold,
                     "test_accuracy_mean": statistics.fmean(tests) if tests else None,
                 }
             )
+    for method in {r["method"] for r in rows}:
+        group = [r for r in rows if r["method"] == method]
+        fields = distinguishing_fields({r["job"]: r.pop("config") for r in group})
+        for r in group:
+            r["overrides"] = fields[r["job"]]
+            # Set by the environment, not the config: shown so a full-float32 GPU run stands apart.
+            precision = {f.get("default_matmul_precision") for f in r["folds"]} - {None, "default"}
+            if precision:
+                r["overrides"]["JAX_DEFAULT_MATMUL_PRECISION"] = ",".join(sorted(precision))
     return rows
 
 

@@ -143,17 +143,23 @@ def test_sweep_summary_tables_each_job_with_its_overrides_plateau_and_mean(tmp_p
     (sweep / "b" / "table").mkdir()  # paper_table.py's output folder: not a method
     # Job c: finished at full float32 on a GPU (the precision comes from the environment, not the config).
     _fake_fold(sweep / "c" / "m" / "fold_0", {100: 0.1, 200: 0.1, 300: 0.1, 400: 0.1}, test=0.125, precision="highest")
+    # Job d: the same as b but longer: its step count sets it apart, so every job of method m shows its own.
+    _fake_fold(sweep / "d" / "m" / "fold_0", {100: 0.1, 200: 0.1}, num_steps=800)
+    # Job e: another method, alone in the sweep: nothing to set it apart from.
+    _fake_fold(sweep / "e" / "other" / "fold_0", {100: 0.1, 200: 0.1}, render={"downsample_size": 16})
     out = tmp_path / "out"
     assert ss.main(["--workdir", str(sweep), "--out", str(out), "--plot-method", "m", "--band", "65,85"]) == 0
     md = (out / "sweep.md").read_text()
-    assert "| a | m | downsample_size=24 | fold_0 | 75.0 | 70.0 (400) | +10.0 | no | 2 / 2 |" in md
-    assert "| a | m | downsample_size=24 | fold_1 | 85.0 | 82.0 (400) | +1.0 | yes | 1 / 2 |" in md
+    assert "| a | m | downsample_size=24, num_steps=400 | fold_0 | 75.0 | 70.0 (400) | +10.0 | no | 2 / 2 |" in md
+    assert "| a | m | downsample_size=24, num_steps=400 | fold_1 | 85.0 | 82.0 (400) | +1.0 | yes | 1 / 2 |" in md
     assert "| a | m | | mean | 80.0 |" in md
-    assert "| b | m | - | fold_0 | - | 10.0 (200) | +0.0 | unfinished | - / - |" in md
-    assert "| c | m | JAX_DEFAULT_MATMUL_PRECISION=highest | fold_0 | 12.5 | 10.0 (400) | +0.0 | yes | - / - |" in md
+    assert "| b | m | num_steps=400 | fold_0 | - | 10.0 (200) | +0.0 | unfinished | - / - |" in md
+    assert "| c | m | num_steps=400, JAX_DEFAULT_MATMUL_PRECISION=highest | fold_0 | 12.5 | 10.0 (400) | +0.0 | yes | - / - |" in md
+    assert "| d | m | num_steps=800 | fold_0 |" in md
+    assert "| e | other | - | fold_0 |" in md
     assert (out / "sweep_curves.png").stat().st_size > 0
     rows = json.loads((out / "sweep.json").read_text())["rows"]
-    assert [(r["job"], len(r["folds"])) for r in rows] == [("a", 2), ("b", 1), ("c", 1)]
+    assert [(r["job"], len(r["folds"])) for r in rows] == [("a", 2), ("b", 1), ("c", 1), ("d", 1), ("e", 1)]
 
 
 def test_sweep_summary_refuses_a_folder_without_runs(tmp_path, capsys):

@@ -58,3 +58,13 @@ def test_refuses_an_existing_workdir_of_any_seed_before_running_anything(tmp_pat
     with pytest.raises(SystemExit):
         mjt.main(["--seeds", "0", "2", "--workdir", str(tmp_path), "--out", str(tmp_path / "t.json")])
     assert "main_job_seed2: exists" in capsys.readouterr().err and ran == []
+
+
+@pytest.mark.parametrize("bad, message", [("model.reconstruction_reluu=False", "reconstruction_reluu"), ("loss.reconstruction_form", "--config.key=value")])
+def test_refuses_a_bad_override_before_running_anything(tmp_path, capsys, monkeypatch, bad, message):
+    mjt = _module()
+    ran = []
+    monkeypatch.setattr(mjt.subprocess, "run", lambda *a, **k: ran.append(a))
+    with pytest.raises(SystemExit):
+        mjt.main(["--set", bad, "--out", str(tmp_path / "t.json")])
+    assert message in capsys.readouterr().err and ran == []

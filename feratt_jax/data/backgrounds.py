@@ -503,8 +503,9 @@ class BackgroundPool:
         # u0 splits the crops: the top face_scene_prob of [0, 1) goes to face scenes and the
         # rest is shared between photos and clutter in the ratio photo_prob; with no face
         # scenes this is the older rule ``u0 < photo_prob``, so the crops are unchanged.
-        use_scene = u[:, 0] >= 1.0 - self.face_scene_prob if self.face_scenes else np.zeros(n, bool)
-        use_photo = u[:, 0] < self.photo_prob * (1.0 - (self.face_scene_prob if self.face_scenes else 0.0))
+        scene_share = self.face_scene_prob if self.face_scenes else 0.0
+        use_scene = u[:, 0] >= 1.0 - scene_share  # u0 < 1: never with no scenes
+        use_photo = u[:, 0] < self.photo_prob * (1.0 - scene_share)
         flips = np.minimum((u[:, 5] * 8).astype(np.int64), 7)
         # Gamma log-uniform in [e^-0.5, e^0.5]: mild contrast changes per crop.
         gammas = np.exp(u[:, 6] - 0.5)

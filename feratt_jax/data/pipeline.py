@@ -313,10 +313,10 @@ def scene_faces(config: DataConfig, n: int = NUM_SCENE_FACES) -> tuple[np.ndarra
     rng = np.random.default_rng([config.face_seed, 0x5CE7E])
     labels = rng.integers(0, synthfaces.NUM_CLASSES, n)
     index = rng.integers(0, max(config.intensities, 1), n)
-    records = [
-        synthfaces.generate_face(config.num_subjects + i, int(labels[i]), int(index[i]), config.face_seed, gen) for i in range(n)
-    ]
-    return np.stack([r["image"] for r in records]).astype(np.uint8), np.stack([r["mask"] for r in records]).astype(np.uint8)
+    faces = synthfaces.stack_records(
+        [synthfaces.generate_face(config.num_subjects + i, int(labels[i]), int(index[i]), config.face_seed, gen) for i in range(n)]
+    )
+    return faces["image"], faces["mask"]
 
 
 def build_background_pool(config: DataConfig, seed: int = 0) -> BackgroundPool | BlackBackgrounds:
