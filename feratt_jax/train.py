@@ -301,6 +301,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         "precise_bn_batches": int(tc.get("precise_bn_batches", 0)),
         "precise_bn_seconds": timer.precise_bn_s,
         "first_step_s": compile_s,
+        "data_seconds": dict(data.info.get("seconds", {})),  # face bank (drawn or read), backgrounds, eval sets
         "train_images_per_s": timer.images / timer.total_s if timer.total_s else None,
         # What the figures were computed on: GPUs run float32 matmuls and convolutions
         # in TF32 unless the precision is raised (JAX_DEFAULT_MATMUL_PRECISION=highest).

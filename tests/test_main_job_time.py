@@ -68,3 +68,38 @@ def test_refuses_a_bad_override_before_running_anything(tmp_path, capsys, monkey
     with pytest.raises(SystemExit):
         mjt.main(["--set", bad, "--out", str(tmp_path / "t.json")])
     assert message in capsys.readouterr().err and ran == []
+
+
+def _fake_runs(mjt, monkeypatch, calls):
+    """Replace the child processes: a train run writes a metrics.json, the bench a yardstick report."""
+
+    def run(cmd, cwd=None, check=False, env=None):
+        calls.append((cmd, env))
+        if "train" in cmd:
+            workdir = pathlib.Path(cmd[cmd.index("--workdir") + 1])
+            (workdir / "eval").mkdir(parents=True)
+            metrics = {"test": {"accuracy": 0.5}, "best_val_accuracy": 0.5, "data_seconds": {"bank": 18.0}}
+            (workdir / "eval" / "metrics.json").write_text(json.dumps(metrics))
+        else:
+            bench = {"meta": {}, "results": [{"framework": "torch", "mode": "eager", "model": "ferattention", "train": {"median_s": 2.0}}]}
+            pathlib.Path(cmd[cmd.index("--json") + 1]).write_text(json.dumps(bench))
+
+    monkeypatch.setattr(mjt.subprocess, "run", run)
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_each_run_draws_its_face_bank_as_a_fresh_machine_does(tmp_path, monkeypatch, warm):
+    mjt = _module()
+    monkeypatch.setenv("FERATT_CACHE_DIR", str(tmp_path / "users_cache"))
+    calls = []
+    _fake_runs(mjt, monkeypatch, calls)
+    out = tmp_path / "t.json"
+    mjt.main(["--seeds", "0", "1", "--workdir", str(tmp_path / "w"), "--out", str(out), *(["--warm-cache"] if warm else [])])
+    train_caches = [env["FERATT_CACHE_DIR"] for cmd, env in calls if "train" in cmd]
+    if warm:
+        assert train_caches == [str(tmp_path / "users_cache")] * 2
+    else:  # one new folder per run, none of them the user's
+        assert len(set(train_caches)) == 2 and str(tmp_path / "users_cache") not in train_caches
+    result = json.loads(out.read_text())
+    assert result["face_bank"].startswith("the user's cache" if warm else "drawn by each run")
+    assert result["runs"][0]["data_seconds"] == {"bank": 18.0}
