@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                     "train_images_per_s": report.get("train_images_per_s"),
                     "first_step_s": report.get("first_step_s"),
                     "data_seconds": report.get("data_seconds"),
+                    "init_state_s": report.get("init_state_s"),
+                    "precise_bn_seconds": report.get("precise_bn_seconds"),
                     "figures": [pathlib.Path(f).name for f in report.get("figures", [])],
                 }
             )

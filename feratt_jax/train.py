@@ -170,6 +170,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     # --- issue 17: early stopping and the plateau schedule (feratt_jax.stopping)
     early = stopping.EarlyStopping(int(tc.get("early_stopping_patience", 0)))
     plateau = factory.make_plateau(config.optimizer)  # the optimizer's own link (None without the plateau schedule)
+    init_state_s = None  # a resumed run builds no initial state
     if restored is not None:
         state, data_state, meta = restored
         train_iter.set_state(data_state)
@@ -177,7 +178,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         early.load(meta)
         print(f"resumed from {workdir / 'checkpoints'} at step {int(state.step)}", flush=True)
     else:
-        state = jax.jit(training.init_state, out_shardings=training.state_sharding)()
+        t_init = time.perf_counter()
+        state = jax.block_until_ready(jax.jit(training.init_state, out_shardings=training.state_sharding)())
+        init_state_s = time.perf_counter() - t_init  # mostly XLA compiling the init program
         if tc.init_from:
             state = _initialise_from(state, tc.init_from, repl)
             print(f"initialised weights from {tc.init_from}", flush=True)
@@ -301,7 +304,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         "precise_bn_batches": int(tc.get("precise_bn_batches", 0)),
         "precise_bn_seconds": timer.precise_bn_s,
         "first_step_s": compile_s,
-        "data_seconds": dict(data.info.get("seconds", {})),  # face bank (drawn or read), backgrounds, eval sets
+        "data_seconds": dict(data.info["seconds"]),  # face bank (drawn or read), backgrounds, eval sets
+        "init_state_s": init_state_s,
         "train_images_per_s": timer.images / timer.total_s if timer.total_s else None,
         # What the figures were computed on: GPUs run float32 matmuls and convolutions
         # in TF32 unless the precision is raised (JAX_DEFAULT_MATMUL_PRECISION=highest).

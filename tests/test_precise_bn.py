@@ -89,6 +89,7 @@ def test_trainer_option_changes_the_statistics_and_nothing_else(cache_dir, tmp_p
     assert summary["precise_bn_batches"] == 2 and summary["precise_bn_seconds"] > 0
     # The summary also says where the start-up went (read by experiments/main_job_time.py).
     assert set(summary["data_seconds"]) == {"bank", "backgrounds", "eval_render"} and min(summary["data_seconds"].values()) >= 0
+    assert summary["init_state_s"] > 0
 
     a, data_a = _params(tmp_path / "plain", plain)
     b, data_b = _params(tmp_path / "precise", precise)

@@ -133,7 +133,7 @@ class FERAttention(nn.Module):
       reconstruction_relu: end the reconstruction with ReLU(BN(.)) as the
         reference does; False leaves BN(.) alone. A ReLU'd reconstruction
         can fall into an all-black state it has no gradient to leave (every
-        unit below zero; docs/training.md section 8).
+        unit below zero; docs/training.md section 9).
       gmmstn_cvgg_skips_warp: reproduce the reference bug where
         ferattentiongmmstn with the cvgg backbone classifies the unwarped
         image (defect 7). Off by default.
