@@ -155,7 +155,8 @@ def run_jax(
             terms["stn"] = losses.stn_loss(b["x_org"], out["theta"], b["theta"])
         if "gaussian_space" in trainer["terms"]:
             terms["gaussian_space"] = losses.gaussian_space_loss_with_mix(
-                out["embedding"], b["label"], b["lam"], b["perm"], num_classes=num_classes, mixup_label_mode="reference"
+                out["embedding"], b["label"], b["lam"], b["perm"], num_classes=num_classes, mixup_label_mode="reference",
+                class_mean_includes_self=True,
             )
             terms["embedding_norm"] = losses.embedding_norm(out["embedding"])
         loss = sum(v * (trainer["z_weight"] if k == "embedding_norm" else 1.0) for k, v in terms.items())

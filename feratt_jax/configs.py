@@ -54,6 +54,9 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     c.loss.sigma = 0.5
     c.loss.mixup = True
     c.loss.mixup_label_mode = "soft"  # "reference" reproduces the float-equality bug
+    # True: each row's class mean contains the row (the reference), which random embeddings can
+    # exploit; False: the mean of the other rows of its class (docs/reference.md 7, defect 20)
+    c.loss.class_mean_includes_self = False
     c.loss.cross_entropy_weight = 1.0
     c.loss.reconstruction_weight = 1.0
     c.loss.stn_weight = 1.0

@@ -140,6 +140,7 @@ def loss_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
         sigma=lc.sigma,
         mixup=lc.mixup,
         mixup_label_mode=lc.mixup_label_mode,
+        class_mean_includes_self=lc.class_mean_includes_self,
         cross_entropy_weight=lc.cross_entropy_weight,
         reconstruction_weight=lc.reconstruction_weight,
         stn_weight=lc.stn_weight,

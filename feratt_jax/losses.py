@@ -9,7 +9,10 @@ Terms (each returned separately by `feratt_losses`):
   ``10 * mean((warp(x_org, theta*) - warp(x_org, theta))^2)``.
 * `gaussian_space_loss`: the reference's `DGMMLoss` (Gaussian class memberships of the embedding,
   with in-batch mixup), with a well-defined soft-label mixup mode (default) and a
-  `mixup_label_mode="reference"` mode that reproduces the reference bit for bit.
+  `mixup_label_mode="reference"` mode, and each row measured against the mean of the *other*
+  rows of its class (default) or, with ``class_mean_includes_self=True``, against a mean that
+  contains the row itself; the two reference options together reproduce the reference bit for
+  bit.
 * `embedding_norm`: ``||z||_2`` over the whole batch matrix (the reference's ``z.norm(2)``).
 * `masked_reconstruction_mse`: the paper-era (commit 53fd5e4) reconstruction term,
   ``2 * min(mean((x_org * mask - att)^2), 30)``; that code's STN term is `stn_loss` with scale 1.
@@ -269,22 +272,43 @@ def _class_means(rows_ND: jax.Array, weights_NC: jax.Array) -> tuple[jax.Array, 
 
 
 def _gaussian_memberships(
-    rows_ND: jax.Array, means_CD: jax.Array, present_C: jax.Array, sigma: float
+    rows_ND: jax.Array, means_CD: jax.Array, present_NC: jax.Array, sigma: float, dist_scale_NC: jax.Array | None = None
 ) -> jax.Array:
     """Normalised Gaussian memberships pi (N, C) of the reference's DGMMLoss.
 
-    ``pi[n, c] = exp(-||x_n - mu_c||^2 / (2 sigma^2))`` for present classes and 0 for absent ones
-    (the reference skips them and leaves the column at 0), then ``pi / (sum_c pi + 1e-15)``
-    clipped to [0, 1].
+    ``pi[n, c] = exp(-s[n, c] ||x_n - mu_c||^2 / (2 sigma^2))`` where ``present[n, c]`` and 0
+    elsewhere (the reference skips absent classes and leaves the column at 0), then
+    ``pi / (sum_c pi + 1e-15)`` clipped to [0, 1]. ``s`` (default 1) turns a distance to the full
+    class mean into the distance to the mean without the row (`_leave_one_out`).
     """
     # Direct differences rather than the ||x||^2 + ||mu||^2 - 2 x.mu expansion: exact like the
     # reference and never negative.
     diff_NCD = rows_ND[:, None, :] - means_CD[None, :, :]
     sq_dist_NC = jnp.sum(diff_NCD * diff_NCD, axis=-1)
+    if dist_scale_NC is not None:
+        sq_dist_NC = sq_dist_NC * dist_scale_NC
     gauss_NC = jnp.exp(-sq_dist_NC / (2.0 * sigma**2))
-    pi_NC = jnp.where(present_C[None, :], gauss_NC, jnp.zeros_like(gauss_NC))
+    pi_NC = jnp.where(present_NC, gauss_NC, jnp.zeros_like(gauss_NC))
     pi_NC = pi_NC / (jnp.sum(pi_NC, axis=-1, keepdims=True) + _DGMM_EPS)
     return jnp.clip(pi_NC, 0.0, 1.0)
+
+
+def _leave_one_out(weights_NC: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-row distance scale and presence for class means that leave the row itself out.
+
+    With 0/1 membership w[n, c] and class size N_c, the mean of class c without row n is
+    ``(N_c mu_c - w x_n) / (N_c - w)``, so ``x_n - mu_c^(-n) = N_c / (N_c - w) (x_n - mu_c)``:
+    the squared distance scales by ``(N_c / (N_c - w))^2`` (1 for classes the row is not in).
+    A row alone in its class has no mean to be measured against: that column is absent for it.
+
+    Returns:
+      (scale_NC, present_NC).
+    """
+    counts_1C = jnp.sum(weights_NC, axis=0, keepdims=True)
+    others_NC = counts_1C - weights_NC
+    present_NC = others_NC > 0
+    safe_others_NC = jnp.where(present_NC, others_NC, jnp.ones_like(others_NC))
+    return (counts_1C / safe_others_NC) ** 2, present_NC
 
 
 def gaussian_space_loss_with_mix(
@@ -296,6 +320,7 @@ def gaussian_space_loss_with_mix(
     num_classes: int,
     sigma: float = 0.5,
     mixup_label_mode: MixupLabelMode = "soft",
+    class_mean_includes_self: bool = False,
 ) -> jax.Array:
     """DGMM loss with explicit mixup parameters (for parity tests and custom samplers).
 
@@ -311,14 +336,24 @@ def gaussian_space_loss_with_mix(
       are the true class samples, so mu_c is the class centroid (mixed rows would pull it toward
       other classes), every class that a soft target refers to is present among them (perm only
       reorders the batch), so no target mass ever lands on a masked class, and without mixup
-      the loss is exactly the reference's. The reference's means differ only by also averaging in
-      the same-class mixes whose float label happens to equal c exactly.
+      and with ``class_mean_includes_self`` the loss is exactly the reference's. The reference's
+      means differ only by also averaging in the same-class mixes whose float label happens to
+      equal c exactly.
     * ``"reference"``: the reference's behaviour. Labels are mixed as floats
       (``y * lam + y[perm] * (1 - lam)`` in float32), a row belongs to class c iff its float label
       equals c exactly (so cross-class mixes usually have an all-zero target, and e.g. a 50/50
       mix of classes 0 and 2 becomes class 1), mu_c is the mean over all 2B member rows.
 
     In both modes a class with no member rows has a zero pi column (masked with `jnp.where`).
+
+    Each member row is measured against the mean of the *other* members of its class (a fix,
+    docs/reference.md section 7, defect 20). The reference's mean contains the row itself, which
+    pulls every row toward its own class mean whatever the embedding: at B = 32, C = 8 and the
+    right scale, random embeddings with no class information reach a lower loss than a trained
+    network did, so the loss can fall without the embedding learning anything.
+    ``class_mean_includes_self`` restores the reference's means for parity. Leaving the row out,
+    a row alone in its class has no own-class mean: that column is absent for it (its target
+    term is a constant).
 
     Args:
       embedding_BD: (B, D) embeddings z.
@@ -328,6 +363,8 @@ def gaussian_space_loss_with_mix(
       num_classes: C (static).
       sigma: Gaussian width (the reference's HEAD trainers use 0.5).
       mixup_label_mode: "soft" or "reference" (static).
+      class_mean_includes_self: measure each row against a class mean that contains it (the
+        reference) instead of the mean of the other rows of its class (static).
 
     Returns:
       Scalar loss.
@@ -348,12 +385,14 @@ def gaussian_space_loss_with_mix(
         onehot_BC = jax.nn.one_hot(labels_B.astype(jnp.int32), num_classes, dtype=dtype)
         means_CD, present_C = _class_means(x_BD, onehot_BC)
         rows_ND, targets_NC = x_BD, onehot_BC
+        members_NC = onehot_BC  # only un-mixed rows enter the means
         if lam is not None:
             lam = jnp.asarray(lam, dtype=dtype)
             x_mix_BD = lam * x_BD + (1.0 - lam) * x_BD[perm_B]
             y_mix_BC = lam * onehot_BC + (1.0 - lam) * onehot_BC[perm_B]
             rows_ND = jnp.concatenate([x_BD, x_mix_BD], axis=0)
             targets_NC = jnp.concatenate([onehot_BC, y_mix_BC], axis=0)
+            members_NC = jnp.concatenate([onehot_BC, jnp.zeros_like(y_mix_BC)], axis=0)
     else:
         # Reference: float32 labels, mixed with the same float32 arithmetic as the torch code
         # (lam is a float32 tensor there, so 1 - lam is rounded to float32 too).
@@ -369,8 +408,14 @@ def gaussian_space_loss_with_mix(
         classes_1C = jnp.arange(num_classes, dtype=jnp.float32)[None, :]
         targets_NC = (y_N[:, None] == classes_1C).astype(dtype)
         means_CD, present_C = _class_means(rows_ND, targets_NC)
+        members_NC = targets_NC
 
-    pi_NC = _gaussian_memberships(rows_ND, means_CD, present_C, sigma)
+    if class_mean_includes_self:
+        dist_scale_NC = None
+        present_NC = jnp.broadcast_to(present_C[None, :], members_NC.shape)
+    else:
+        dist_scale_NC, present_NC = _leave_one_out(members_NC)
+    pi_NC = _gaussian_memberships(rows_ND, means_CD, present_NC, sigma, dist_scale_NC)
     return jnp.mean(jnp.sum((pi_NC - targets_NC) ** 2, axis=-1))
 
 
@@ -384,6 +429,7 @@ def gaussian_space_loss(
     mixup: bool = True,
     mixup_label_mode: MixupLabelMode = "soft",
     mixup_alpha: float = 2.0,
+    class_mean_includes_self: bool = False,
 ) -> jax.Array:
     """The reference's DGMM (Gaussian-space representation) loss with in-batch mixup.
 
@@ -400,6 +446,7 @@ def gaussian_space_loss(
       mixup: add the B mixed rows (the reference always does).
       mixup_label_mode: "soft" (default) or "reference".
       mixup_alpha: Beta parameter (reference: 2.0).
+      class_mean_includes_self: the reference's class means, which contain the row itself.
 
     Returns:
       Scalar loss.
@@ -420,6 +467,7 @@ def gaussian_space_loss(
         num_classes=num_classes,
         sigma=sigma,
         mixup_label_mode=mixup_label_mode,
+        class_mean_includes_self=class_mean_includes_self,
     )
 
 
@@ -432,11 +480,14 @@ def reference_loss_options(variant: str) -> dict[str, Any]:
     """Keyword options of `feratt_losses` that reproduce the reference trainer of `variant`.
 
     Returns ``{"scale_by_batch_size": ..., "embedding_norm_weight": ...}`` (the latter only for the
-    GMM variants) and, for the GMM variants, ``mixup_label_mode="reference"`` and ``sigma=0.5``.
+    GMM variants) and, for the variants with a DGMM term, ``class_mean_includes_self=True`` and
+    the reference's sigma, mixup and ``mixup_label_mode``.
     """
     if variant not in VARIANT_TERMS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANT_TERMS)}")
     options: dict[str, Any] = {"scale_by_batch_size": REFERENCE_SCALES_BY_BATCH_SIZE[variant]}
+    if "gaussian_space" in VARIANT_TERMS[variant]:
+        options["class_mean_includes_self"] = True
     if variant in PAPER_ERA_VARIANTS:  # DGMMLoss(sigma=1.0, mix=False), the constructor's defaults then
         options.update(sigma=1.0, mixup=False)
     if variant in REFERENCE_EMBEDDING_NORM_WEIGHT:
@@ -491,6 +542,7 @@ def feratt_losses(
     embedding_norm_weight: float | None = None,
     scale_by_batch_size: bool = False,
     reconstruction_form: str = "tanh",
+    class_mean_includes_self: bool = False,
 ) -> dict[str, jax.Array]:
     """All loss terms of one trainer variant, each separately, plus their weighted total.
 
@@ -517,7 +569,8 @@ def feratt_losses(
       rng: PRNG key for the DGMM mixup (GMM variants with ``mixup=True``).
       variant: one of `VARIANT_TERMS` (static).
       num_classes: C (static).
-      sigma, mixup, mixup_label_mode, mixup_alpha: DGMM options, see `gaussian_space_loss`.
+      sigma, mixup, mixup_label_mode, mixup_alpha, class_mean_includes_self: DGMM options, see
+        `gaussian_space_loss`.
       cross_entropy_weight, reconstruction_weight, stn_weight, gaussian_space_weight: term weights.
       embedding_norm_weight: weight of ``||z||_2``; None = the reference's weight for the variant
         (0.0 for attention_gmm, 1e-4 for attention_gmm_stn).
@@ -559,6 +612,7 @@ def feratt_losses(
             mixup=mixup,
             mixup_label_mode=mixup_label_mode,
             mixup_alpha=mixup_alpha,
+            class_mean_includes_self=class_mean_includes_self,
         )
     paper_era = variant in PAPER_ERA_VARIANTS
     if "reconstruction" in terms:

@@ -3,8 +3,9 @@
 Two groups:
 
 * In-training metrics, jit-safe jnp functions that mirror the reference's `netlosses.py`:
-  `topk_accuracy` (``TopkAccuracy``) and `nearest_class_mean_accuracy` (``GMMAccuracy``). Both
-  return **percent**, like the reference.
+  `topk_accuracy` (``TopkAccuracy``) and `nearest_class_mean_accuracy` (``GMMAccuracy``, each
+  row left out of its own class mean unless ``include_self``). Both return **percent**, like
+  the reference.
 * Offline evaluation metrics, numpy functions that mirror `eval.py`'s scikit-learn calls without
   depending on scikit-learn: `confusion_matrix`, `per_class_precision_recall_f1`,
   `macro_precision_recall`, `reference_f1`, `macro_f1`, `classification_report` (these return
@@ -77,32 +78,47 @@ def topk_accuracy(
     return results[0] if isinstance(k, int) else results
 
 
-def nearest_class_mean_accuracy(embedding_BD: jax.Array, labels_B: jax.Array) -> jax.Array:
-    """In-batch nearest-class-mean accuracy in percent: the reference's ``GMMAccuracy``.
+def nearest_class_mean_accuracy(embedding_BD: jax.Array, labels_B: jax.Array, *, include_self: bool = False) -> jax.Array:
+    """In-batch nearest-class-mean accuracy in percent (the reference's ``GMMAccuracy``, fixed).
 
     Transductive, as in the reference: the class means come from the same batch and its labels.
     For each row, the prediction is the class c, among the classes present in the batch, with the
     smallest ``||z - mu_c||^2``; ties go to the smallest class label (the reference's argmin over
-    the sorted class list). Needs no ``num_classes``: the mean of each row's own class is formed
-    with a (B, B) same-label mask, so it is jit-safe for any label values.
+    the sorted class list). Each row's own class mean is the mean of the *other* rows of its class:
+    the reference's contains the row itself, which scores random embeddings with no class
+    information at about 93 % (B = 32, C = 8, dimension 32; docs/reference.md section 7, defect
+    20). ``include_self=True`` is the reference's metric. Without the row, a row alone in its class
+    has no own-class mean and is left out of the average (0 when every row is alone).
+
+    Needs no ``num_classes``: the mean of each row's own class is formed with a (B, B) same-label
+    mask, so it is jit-safe for any label values.
 
     Args:
       embedding_BD: (B, D) embeddings.
       labels_B: (B,) integer labels.
+      include_self: the reference's class means, which contain the row being classified.
 
     Returns:
-      Scalar ``100 * mean(prediction == label)``.
+      Scalar ``100 * mean(prediction == label)`` over the rows that have an own-class mean.
     """
     z_BD = jnp.asarray(embedding_BD)
     labels_B = jnp.asarray(labels_B).astype(jnp.int32)
     same_BB = (labels_B[:, None] == labels_B[None, :]).astype(z_BD.dtype)
+    counts_B = jnp.sum(same_BB, axis=1)  # class size of each row's class
     # Row j of means_BD is the mean of the class of sample j (identical rows for equal labels).
-    means_BD = (
-        jnp.einsum("jk,kd->jd", same_BB, z_BD, precision=jax.lax.Precision.HIGHEST)
-        / jnp.sum(same_BB, axis=1)[:, None]
-    )
+    means_BD = jnp.einsum("jk,kd->jd", same_BB, z_BD, precision=jax.lax.Precision.HIGHEST) / counts_B[:, None]
     diff_BBD = z_BD[:, None, :] - means_BD[None, :, :]
     sq_dist_BB = jnp.sum(diff_BBD * diff_BBD, axis=-1)  # [i, j]: sample i to class of sample j
+    eligible_B = jnp.ones_like(counts_B, dtype=bool)
+    if not include_self:
+        # Without row i its class mean moves away from it: z_i - mu^(-i) = n / (n - 1) (z_i - mu).
+        others_B = counts_B - 1
+        eligible_B = others_B > 0
+        scale_B = counts_B / jnp.where(eligible_B, others_B, 1)
+        scale_BB = jnp.where(same_BB > 0, scale_B[:, None] ** 2, 1)
+        sq_dist_BB = jnp.where(
+            (same_BB > 0) & ~eligible_B[:, None], jnp.inf, sq_dist_BB * scale_BB.astype(sq_dist_BB.dtype)
+        )
     best_B = jnp.min(sq_dist_BB, axis=1)
     # Among the candidate classes at the minimal distance, take the smallest label.
     big = jnp.iinfo(jnp.int32).max
@@ -110,7 +126,8 @@ def nearest_class_mean_accuracy(embedding_BD: jax.Array, labels_B: jax.Array) ->
         sq_dist_BB == best_B[:, None], jnp.broadcast_to(labels_B[None, :], sq_dist_BB.shape), big
     )
     pred_B = jnp.min(candidates_BB, axis=1)
-    return 100.0 * jnp.mean((pred_B == labels_B).astype(jnp.float32))
+    hits = jnp.sum(((pred_B == labels_B) & eligible_B).astype(jnp.float32))
+    return 100.0 * hits / jnp.maximum(jnp.sum(eligible_B.astype(jnp.float32)), 1.0)
 
 
 # ----------------------------------------------------------------------------------------------

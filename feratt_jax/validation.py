@@ -139,7 +139,17 @@ DEFAULTS_OF_NEWER_FIELDS = {
     "loss.reconstruction_form": "tanh",
     "data.face_scene_prob": 0.0,
     "model.reconstruction_relu": True,
+    "loss.class_mean_includes_self": True,
 }
+# The options of the DGMM term: they change nothing in a run whose loss variant has no such term,
+# so a resume check skips them there (a baseline run predating an option resumes as it is).
+DGMM_OPTIONS = (
+    "loss.sigma",
+    "loss.mixup",
+    "loss.mixup_label_mode",
+    "loss.class_mean_includes_self",
+    "loss.gaussian_space_weight",
+)
 
 
 def upgrade_stored_config(stored: Mapping[str, Any]) -> dict[str, Any]:
@@ -164,6 +174,9 @@ def config_differences(stored: Mapping[str, Any], wanted: ml_collections.ConfigD
     a = upgrade_stored_config(stored)
     b = configs.flatten(json.loads(json.dumps(wanted.to_dict())))
     ignored = set(ignored)
+    variants = {a.get("loss.variant"), b.get("loss.variant")}
+    if not any("gaussian_space" in VARIANT_TERMS.get(v, ()) for v in variants):
+        ignored |= set(DGMM_OPTIONS)
     return sorted(k for k in set(a) | set(b) if k not in ignored and a.get(k) != b.get(k))
 
 

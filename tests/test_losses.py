@@ -141,10 +141,13 @@ Y_TINY = jnp.asarray([0, 2])
 PERM_SWAP = jnp.asarray([1, 0])
 
 
-def _dgmm(lam, perm, mode, x=X_TINY, y=Y_TINY):
+def _dgmm(lam, perm, mode, x=X_TINY, y=Y_TINY, includes_self=True):
+    # The hand computations below use the reference's class means, which contain the row itself
+    # (with one row per class here, the own-class mean *is* the row).
     return float(
         L.gaussian_space_loss_with_mix(
-            x, y, lam, perm, num_classes=3, sigma=0.5, mixup_label_mode=mode
+            x, y, lam, perm, num_classes=3, sigma=0.5, mixup_label_mode=mode,
+            class_mean_includes_self=includes_self,
         )
     )
 
@@ -207,9 +210,13 @@ def test_dgmm_all_rows_far_from_all_means_is_finite():
     # exp underflows to 0 for every class: pi = 0 / (0 + 1e-15) = 0, loss = 1 per row.
     x = jnp.asarray([[0.0], [100.0], [200.0]], jnp.float32)
     y = jnp.asarray([0, 0, 1])
-    loss = L.gaussian_space_loss_with_mix(x, y, None, None, num_classes=2, sigma=0.5)
+    loss = L.gaussian_space_loss_with_mix(x, y, None, None, num_classes=2, sigma=0.5, class_mean_includes_self=True)
     # Class 0 mean is 50: rows 0 and 1 are 50 away (pi = 0), row 2 is its own class-1 mean.
     assert float(loss) == pytest.approx(2.0 / 3.0, rel=1e-6)
+    # Leaving the row out: rows 0 and 1 are 100 from the other class-0 row (pi = 0, loss 1 each);
+    # row 2 is alone in class 1, so it has no own-class mean (column absent, pi = 0, loss 1).
+    loo = L.gaussian_space_loss_with_mix(x, y, None, None, num_classes=2, sigma=0.5)
+    assert float(loo) == pytest.approx(1.0, rel=1e-6)
     grad = jax.grad(lambda z: L.gaussian_space_loss_with_mix(z, y, None, None, num_classes=2))(x)
     assert np.all(np.isfinite(np.asarray(grad)))
 
@@ -219,8 +226,31 @@ def test_dgmm_all_rows_far_from_all_means_is_finite():
 # ---------------------------------------------------------------------------------------------
 
 
-def numpy_reference_dgmm(x, y, lam, perm, num_classes, sigma):
-    """The reference's DGMMLoss.forward, loop for loop, with a given lam and perm."""
+def _without_row(members, x, n, mu):
+    """The mean of the member rows other than row n (None when n is the only member)."""
+    if not members[n]:
+        return mu
+    others = members.copy()
+    others[n] = False
+    return x[others].mean(axis=0) if others.any() else None
+
+
+def _memberships_row_by_row(rows, means_of, num_classes, sigma):
+    """pi for each row from ``means_of(n, c)`` (None: class c absent for row n)."""
+    pi = np.zeros((rows.shape[0], num_classes))
+    for n in range(rows.shape[0]):
+        for c in range(num_classes):
+            mu = means_of(n, c)
+            if mu is not None:
+                pi[n, c] = np.exp(-np.sum((rows[n] - mu) ** 2) / (2.0 * sigma**2))
+    return np.clip(pi / (pi.sum(axis=1, keepdims=True) + 1e-15), 0.0, 1.0)
+
+
+def numpy_reference_dgmm(x, y, lam, perm, num_classes, sigma, leave_one_out=False):
+    """The reference's DGMMLoss.forward, loop for loop, with a given lam and perm.
+
+    ``leave_one_out``: each member row against the mean of the other members of its class.
+    """
     x = np.asarray(x, np.float32)
     y = np.asarray(y).astype(np.float32)
     if lam is not None:
@@ -241,11 +271,18 @@ def numpy_reference_dgmm(x, y, lam, perm, num_classes, sigma):
         yh[index, c] = 1
     pi = pi / (pi.sum(axis=1, keepdims=True) + 1e-15)
     pi = np.clip(pi, 0.0, 1.0)
+    if leave_one_out:
+        def means_of(row, c):
+            members = y == c
+            return _without_row(members, x, row, x[members].mean(axis=0)) if members.any() else None
+
+        pi = _memberships_row_by_row(x, means_of, num_classes, sigma)
     return np.mean(np.sum((pi - yh) ** 2, axis=1))
 
 
-def numpy_soft_dgmm(x, y, lam, perm, num_classes, sigma):
-    """The documented soft mode, written as a plain loop over classes."""
+def numpy_soft_dgmm(x, y, lam, perm, num_classes, sigma, leave_one_out=False):
+    """The documented soft mode, written as a plain loop over classes (``leave_one_out``: see
+    `numpy_reference_dgmm`; mixed rows are members of no class)."""
     x = np.asarray(x, np.float64)
     y = np.asarray(y).astype(int)
     eye = np.eye(num_classes)
@@ -262,6 +299,15 @@ def numpy_soft_dgmm(x, y, lam, perm, num_classes, sigma):
         mu = x[members].mean(axis=0)
         pi[:, c] = np.exp(-np.sum((rows - mu) ** 2, axis=1) / (2.0 * sigma**2))
     pi = np.clip(pi / (pi.sum(axis=1, keepdims=True) + 1e-15), 0.0, 1.0)
+    if leave_one_out:
+        def means_of(row, c):
+            members = np.zeros(rows.shape[0], bool)
+            members[: len(y)] = y == c
+            if not members.any():
+                return None
+            return _without_row(members, rows, row, rows[members].mean(axis=0))
+
+        pi = _memberships_row_by_row(rows, means_of, num_classes, sigma)
     return np.mean(np.sum((pi - targets) ** 2, axis=1))
 
 
@@ -279,9 +325,10 @@ def _random_batch(seed, batch=12, dim=4, present=(0, 1, 3), num_classes=5):
 # 0.3 and 0.6180339 give inexact float mixes.
 @pytest.mark.parametrize("lam", [None, 0.5, 0.3, 0.6180339])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_dgmm_reference_mode_matches_numpy_loop(lam, seed):
+@pytest.mark.parametrize("includes_self", [True, False])
+def test_dgmm_reference_mode_matches_numpy_loop(lam, seed, includes_self):
     x, labels, perm = _random_batch(seed)
-    expected = numpy_reference_dgmm(x, labels, lam, perm, 5, 0.5)
+    expected = numpy_reference_dgmm(x, labels, lam, perm, 5, 0.5, leave_one_out=not includes_self)
     got = L.gaussian_space_loss_with_mix(
         jnp.asarray(x),
         jnp.asarray(labels),
@@ -290,15 +337,17 @@ def test_dgmm_reference_mode_matches_numpy_loop(lam, seed):
         num_classes=5,
         sigma=0.5,
         mixup_label_mode="reference",
+        class_mean_includes_self=includes_self,
     )
     assert float(got) == pytest.approx(expected, rel=1e-5, abs=1e-7)
 
 
 @pytest.mark.parametrize("lam", [None, 0.5, 0.3, 0.6180339])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_dgmm_soft_mode_matches_numpy_loop(lam, seed):
+@pytest.mark.parametrize("includes_self", [True, False])
+def test_dgmm_soft_mode_matches_numpy_loop(lam, seed, includes_self):
     x, labels, perm = _random_batch(seed)
-    expected = numpy_soft_dgmm(x, labels, lam, perm, 5, 0.5)
+    expected = numpy_soft_dgmm(x, labels, lam, perm, 5, 0.5, leave_one_out=not includes_self)
     got = L.gaussian_space_loss_with_mix(
         jnp.asarray(x),
         jnp.asarray(labels),
@@ -307,6 +356,7 @@ def test_dgmm_soft_mode_matches_numpy_loop(lam, seed):
         num_classes=5,
         sigma=0.5,
         mixup_label_mode="soft",
+        class_mean_includes_self=includes_self,
     )
     assert float(got) == pytest.approx(expected, rel=1e-5, abs=1e-7)
 
@@ -345,6 +395,7 @@ def test_dgmm_reference_mode_matches_torch_transcription():
             num_classes=5,
             sigma=0.5,
             mixup_label_mode="reference",
+            class_mean_includes_self=True,
         )
         assert float(got) == pytest.approx(ref, rel=1e-5, abs=1e-7), seed
 
@@ -360,13 +411,13 @@ def test_dgmm_rng_wrapper_uses_sample_mixup():
             jnp.asarray(x), jnp.asarray(labels), key, num_classes=5, mixup_label_mode=mode
         )
         explicit = numpy_reference_dgmm if mode == "reference" else numpy_soft_dgmm
-        expected = explicit(x, labels, float(lam), np.asarray(perm), 5, 0.5)
+        expected = explicit(x, labels, float(lam), np.asarray(perm), 5, 0.5, leave_one_out=True)
         assert float(via_rng) == pytest.approx(expected, rel=1e-5, abs=1e-7)
     # mixup=False needs no rng and is the plain B-row loss.
     plain = L.gaussian_space_loss(
         jnp.asarray(x), jnp.asarray(labels), None, num_classes=5, mixup=False
     )
-    assert float(plain) == pytest.approx(numpy_soft_dgmm(x, labels, None, None, 5, 0.5), rel=1e-5)
+    assert float(plain) == pytest.approx(numpy_soft_dgmm(x, labels, None, None, 5, 0.5, leave_one_out=True), rel=1e-5)
 
 
 def test_sample_mixup_lambda_is_beta_2_2():
@@ -386,6 +437,49 @@ def test_dgmm_gradients_are_finite_with_missing_classes():
             )
         )(jnp.asarray(x))
         assert np.all(np.isfinite(np.asarray(grad))) and np.abs(np.asarray(grad)).max() > 0
+
+
+def test_dgmm_leave_one_out_by_hand():
+    # 1-D, sigma 0.5 (exp(-2 d^2)), no mixup. Class 0 = {0, 1}, class 1 = {3}.
+    # Row 0: other class-0 row at 1 (d^2 = 1), class-1 mean at 3 (d^2 = 9).
+    # Row 1: other class-0 row at 0 (d^2 = 1), class-1 mean 3 (d^2 = 4).
+    # Row 2 is alone in class 1 (no own mean); class-0 mean 0.5 (d^2 = 6.25): pi = (1, 0).
+    x = jnp.asarray([[0.0], [1.0], [3.0]], jnp.float32)
+    y = jnp.asarray([0, 0, 1])
+
+    def row(d_own, d_other):
+        a, b = math.exp(-2 * d_own), math.exp(-2 * d_other)
+        return 2 * (b / (a + b)) ** 2  # target (1, 0): (p - 1)^2 + (1 - p)^2
+
+    expected = (row(1.0, 9.0) + row(1.0, 4.0) + (1.0 + 1.0)) / 3
+    got = L.gaussian_space_loss_with_mix(x, y, None, None, num_classes=2, sigma=0.5)
+    assert float(got) == pytest.approx(expected, rel=1e-6)
+
+
+def test_dgmm_random_embeddings_cannot_reach_a_low_loss():
+    """Reference defect 20: with the row in its own class mean, embeddings that carry no class
+    information reach a low DGMM loss at the right scale; without it they cannot. This fails if the
+    default goes back to the reference's means."""
+    rng = np.random.default_rng(0)
+    labels = jnp.asarray(np.repeat(np.arange(8), 4))  # B = 32, C = 8
+    for includes_self, bound in ((True, lambda v: v < 0.2), (False, lambda v: v > 0.55)):
+        best = min(
+            np.mean([
+                float(L.gaussian_space_loss(
+                    jnp.asarray(rng.normal(size=(32, 32)).astype(np.float32) * scale), labels,
+                    jax.random.PRNGKey(t), num_classes=8, class_mean_includes_self=includes_self,
+                ))
+                for t in range(8)
+            ])
+            for scale in (0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
+        )  # fmt: skip
+        assert bound(best), (includes_self, best)
+    # The default is the fixed rule.
+    z = jnp.asarray(rng.normal(size=(32, 32)).astype(np.float32) * 0.5)
+    key = jax.random.PRNGKey(0)
+    assert float(L.gaussian_space_loss(z, labels, key, num_classes=8)) == float(
+        L.gaussian_space_loss(z, labels, key, num_classes=8, class_mean_includes_self=False)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,6 +589,9 @@ def test_feratt_losses_weights_and_reference_options():
     gmm_stn = L.reference_loss_options("attention_gmm_stn")
     assert gmm_stn["scale_by_batch_size"] is True and gmm_stn["embedding_norm_weight"] == 1e-4
     assert gmm_stn["mixup_label_mode"] == "reference"
+    assert gmm_stn["class_mean_includes_self"] is True
+    assert L.reference_loss_options("attention_gmm")["class_mean_includes_self"] is True
+    assert "class_mean_includes_self" not in L.reference_loss_options("attention")
     with pytest.raises(ValueError):
         L.feratt_losses(outputs, batch, key, variant="nope", num_classes=3)
 
@@ -504,12 +601,14 @@ def test_paper_era_composition():
     + the unscaled STN MSE, with that trainer's sigma 1, no mixup and no x B."""
     outputs, batch = _fake_outputs_and_batch()
     options = L.reference_loss_options("attention_gmm_stn_2019")
-    assert options == {"scale_by_batch_size": False, "sigma": 1.0, "mixup": False}
+    assert options == {"scale_by_batch_size": False, "sigma": 1.0, "mixup": False, "class_mean_includes_self": True}
     got = L.feratt_losses(outputs, batch, None, variant="attention_gmm_stn_2019", num_classes=3, **options)
     masked = batch["x_org"] * batch["mask"]
     expected = {
         "cross_entropy": L.cross_entropy(outputs["logits"], batch["label"]),
-        "gaussian_space": L.gaussian_space_loss_with_mix(outputs["embedding"], batch["label"], None, None, num_classes=3, sigma=1.0),
+        "gaussian_space": L.gaussian_space_loss_with_mix(
+            outputs["embedding"], batch["label"], None, None, num_classes=3, sigma=1.0, class_mean_includes_self=True
+        ),
         "reconstruction": 2.0 * jnp.mean((masked - outputs["reconstruction"]) ** 2),
         "stn": L.stn_loss(batch["x_org"], outputs["theta"], batch["theta"]) / 10.0,
     }

@@ -51,11 +51,39 @@ def test_topk_accuracy_matches_sklearn_and_jits():
 def test_nearest_class_mean_accuracy_by_hand():
     # 1-D. Class 0 = {0, 2.9} (mean 1.45), class 1 = {3, 10} (mean 6.5). Sample 3 (class 1) is
     # 1.55 from mean 0 and 3.5 from mean 1 -> wrong; the other three are right: 75 %.
+    # (The reference's means, which contain the row itself.)
     z = jnp.asarray([[0.0], [2.9], [3.0], [10.0]])
     labels = jnp.asarray([0, 0, 1, 1])
-    assert float(M.nearest_class_mean_accuracy(z, labels)) == pytest.approx(75.0)
+    assert float(M.nearest_class_mean_accuracy(z, labels, include_self=True)) == pytest.approx(75.0)
     # Non-contiguous labels (classes 2 and 5 in a C = 8 problem) behave the same.
-    assert float(M.nearest_class_mean_accuracy(z, jnp.asarray([2, 2, 5, 5]))) == pytest.approx(75.0)
+    assert float(M.nearest_class_mean_accuracy(z, jnp.asarray([2, 2, 5, 5]), include_self=True)) == pytest.approx(75.0)
+
+
+def test_nearest_class_mean_accuracy_leaves_the_row_out_by_hand():
+    # 1-D. Class 0 = {0, 2}, class 1 = {1, 5}; full means 1 and 3.
+    # With the row in its mean: 0 -> (1, 9) right; 2 -> (1, 1) tie -> class 0, right;
+    # 1 -> (0, 4) wrong; 5 -> (16, 4) right: 75 %.
+    # Without it: 0 -> own mean 2 (4) vs 3 (9) right; 2 -> own 0 (4) vs 3 (1) wrong;
+    # 1 -> own 5 (16) vs 1 (0) wrong; 5 -> own 1 (16) vs 1 (16) tie -> class 0, wrong: 25 %.
+    z = jnp.asarray([[0.0], [2.0], [1.0], [5.0]])
+    labels = jnp.asarray([0, 0, 1, 1])
+    assert float(M.nearest_class_mean_accuracy(z, labels, include_self=True)) == pytest.approx(75.0)
+    assert float(M.nearest_class_mean_accuracy(z, labels)) == pytest.approx(25.0)
+    # A row alone in its class has no own mean: left out (2 of 2 others right, not 2 of 3).
+    z3 = jnp.asarray([[0.0], [1.0], [5.0]])
+    assert float(jax.jit(M.nearest_class_mean_accuracy)(z3, jnp.asarray([0, 0, 1]))) == pytest.approx(100.0)
+    assert float(M.nearest_class_mean_accuracy(z3, jnp.asarray([0, 1, 2]))) == 0.0  # nobody has one
+
+
+def test_nearest_class_mean_accuracy_of_random_embeddings_is_chance():
+    """Reference defect 20: random embeddings score far above chance when each row is in its own
+    class mean (B = 32, C = 8, dimension 32), and at chance without it."""
+    rng = np.random.default_rng(0)
+    labels = jnp.asarray(np.repeat(np.arange(8), 4))
+    zs = [jnp.asarray(rng.normal(size=(32, 32)).astype(np.float32)) for _ in range(20)]
+    with_self = np.mean([float(M.nearest_class_mean_accuracy(z, labels, include_self=True)) for z in zs])
+    without = np.mean([float(M.nearest_class_mean_accuracy(z, labels)) for z in zs])
+    assert with_self > 80.0 and without < 25.0, (with_self, without)
 
 
 def test_nearest_class_mean_accuracy_ties_go_to_smallest_label():
@@ -64,7 +92,7 @@ def test_nearest_class_mean_accuracy_ties_go_to_smallest_label():
     # right for the class-0 sample, wrong for the two class-1 samples -> 4/6.
     z = jnp.asarray([[-2.0], [0.0], [0.0], [2.0], [2.0], [0.0]])
     labels = jnp.asarray([0, 0, 1, 1, 1, 1])
-    assert float(M.nearest_class_mean_accuracy(z, labels)) == pytest.approx(100 * 4 / 6)
+    assert float(M.nearest_class_mean_accuracy(z, labels, include_self=True)) == pytest.approx(100 * 4 / 6)
 
 
 def _numpy_gmm_accuracy(z, y):
@@ -87,7 +115,9 @@ def test_nearest_class_mean_accuracy_matches_reference_transcription(seed):
     z = (rng.normal(size=(8, 5))[labels] * 0.8 + rng.normal(size=(64, 5))).astype(np.float32)
     expected = _numpy_gmm_accuracy(z.astype(np.float64), labels)
     assert 0 < expected < 100  # a non-trivial case
-    got = jax.jit(M.nearest_class_mean_accuracy)(jnp.asarray(z), jnp.asarray(labels))
+    got = jax.jit(M.nearest_class_mean_accuracy, static_argnames="include_self")(
+        jnp.asarray(z), jnp.asarray(labels), include_self=True
+    )
     assert float(got) == pytest.approx(expected, abs=1e-4)
 
 

@@ -403,3 +403,26 @@ def test_runs_stored_before_a_field_existed_resume_only_under_its_old_behaviour(
     changed[section][name] = newer
     with pytest.raises(ValueError, match=rf"{field} \("):
         validation.check_resume(stored, changed, tmp_path)
+
+
+def test_the_dgmm_mean_rule_is_checked_on_resume_only_where_a_dgmm_term_exists(tmp_path):
+    """loss.class_mean_includes_self (2026-12-04): a GMM run stored before it trained with the
+    reference's means, so it resumes only with them; in a run without a DGMM term the option does
+    nothing, so such a run resumes under today's default."""
+    gmm = configs.load_config("ferattentiongmm:tiny")
+    stored = gmm.to_dict()
+    del stored["loss"]["class_mean_includes_self"]
+    with pytest.raises(ValueError, match=r"loss.class_mean_includes_self \(True -> False\)"):
+        validation.check_resume(stored, gmm, tmp_path)
+    reference_means = ml_collections.ConfigDict(gmm.to_dict())
+    reference_means.loss.class_mean_includes_self = True
+    validation.check_resume(stored, reference_means, tmp_path)
+    for name in ("ferattention:tiny", "preactresnet18:tiny"):
+        config = configs.load_config(name)
+        stored = config.to_dict()
+        del stored["loss"]["class_mean_includes_self"]
+        validation.check_resume(stored, config, tmp_path)
+        # ... and the DGMM's other options do not matter there either.
+        other_sigma = ml_collections.ConfigDict(config.to_dict())
+        other_sigma.loss.sigma = 2.0
+        validation.check_resume(stored, other_sigma, tmp_path)

@@ -263,7 +263,8 @@ def _jax_terms(out: dict, x_org, labels, theta, lam: float, perm) -> dict:  # no
         terms["stn"] = losses.stn_loss(x_org, out["theta"], theta)
     if "embedding" in out:
         terms["gaussian_space"] = losses.gaussian_space_loss_with_mix(
-            out["embedding"], labels, lam, perm, num_classes=C, mixup_label_mode="reference"
+            out["embedding"], labels, lam, perm, num_classes=C, mixup_label_mode="reference",
+            class_mean_includes_self=True,
         )
         terms["embedding_norm"] = losses.embedding_norm(out["embedding"])
     return terms
@@ -394,7 +395,7 @@ def test_loss_functions_match_the_reference_definitions() -> None:
             losses.gaussian_space_loss_with_mix(
                 jnp.asarray(z.numpy()), jnp.asarray(labels.numpy()), lam,
                 jnp.asarray(perm.numpy()) if lam is not None else None,
-                num_classes=C, mixup_label_mode="reference",
+                num_classes=C, mixup_label_mode="reference", class_mean_includes_self=True,
             ),
         )  # fmt: skip
     for key, (a, b) in pairs.items():
