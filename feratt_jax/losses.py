@@ -45,6 +45,7 @@ __all__ = [
     "masked_reconstruction_mse",
     "gaussian_space_loss",
     "gaussian_space_loss_with_mix",
+    "leave_one_out_scale",
     "sample_mixup",
     "embedding_norm",
     "feratt_losses",
@@ -279,7 +280,7 @@ def _gaussian_memberships(
     ``pi[n, c] = exp(-s[n, c] ||x_n - mu_c||^2 / (2 sigma^2))`` where ``present[n, c]`` and 0
     elsewhere (the reference skips absent classes and leaves the column at 0), then
     ``pi / (sum_c pi + 1e-15)`` clipped to [0, 1]. ``s`` (default 1) turns a distance to the full
-    class mean into the distance to the mean without the row (`_leave_one_out`).
+    class mean into the distance to the mean without the row (`leave_one_out_scale`).
     """
     # Direct differences rather than the ||x||^2 + ||mu||^2 - 2 x.mu expansion: exact like the
     # reference and never negative.
@@ -293,10 +294,10 @@ def _gaussian_memberships(
     return jnp.clip(pi_NC, 0.0, 1.0)
 
 
-def _leave_one_out(weights_NC: jax.Array) -> tuple[jax.Array, jax.Array]:
+def leave_one_out_scale(weights_NC: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-row distance scale and presence for class means that leave the row itself out.
 
-    With 0/1 membership w[n, c] and class size N_c, the mean of class c without row n is
+    With 0/1 membership w[n, c] (row n is one of the rows averaged into mean c) and class size N_c, the mean of class c without row n is
     ``(N_c mu_c - w x_n) / (N_c - w)``, so ``x_n - mu_c^(-n) = N_c / (N_c - w) (x_n - mu_c)``:
     the squared distance scales by ``(N_c / (N_c - w))^2`` (1 for classes the row is not in).
     A row alone in its class has no mean to be measured against: that column is absent for it.
@@ -414,7 +415,7 @@ def gaussian_space_loss_with_mix(
         dist_scale_NC = None
         present_NC = jnp.broadcast_to(present_C[None, :], members_NC.shape)
     else:
-        dist_scale_NC, present_NC = _leave_one_out(members_NC)
+        dist_scale_NC, present_NC = leave_one_out_scale(members_NC)
     pi_NC = _gaussian_memberships(rows_ND, means_CD, present_NC, sigma, dist_scale_NC)
     return jnp.mean(jnp.sum((pi_NC - targets_NC) ** 2, axis=-1))
 

@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from feratt_jax.losses import leave_one_out_scale
+
 __all__ = [
     "topk_accuracy",
     "nearest_class_mean_accuracy",
@@ -111,14 +113,11 @@ def nearest_class_mean_accuracy(embedding_BD: jax.Array, labels_B: jax.Array, *,
     sq_dist_BB = jnp.sum(diff_BBD * diff_BBD, axis=-1)  # [i, j]: sample i to class of sample j
     eligible_B = jnp.ones_like(counts_B, dtype=bool)
     if not include_self:
-        # Without row i its class mean moves away from it: z_i - mu^(-i) = n / (n - 1) (z_i - mu).
-        others_B = counts_B - 1
-        eligible_B = others_B > 0
-        scale_B = counts_B / jnp.where(eligible_B, others_B, 1)
-        scale_BB = jnp.where(same_BB > 0, scale_B[:, None] ** 2, 1)
-        sq_dist_BB = jnp.where(
-            (same_BB > 0) & ~eligible_B[:, None], jnp.inf, sq_dist_BB * scale_BB.astype(sq_dist_BB.dtype)
-        )
+        # Column j is "the class of sample j": row i is one of its members iff same_BB[i, j], the
+        # loss's membership matrix, so the DGMM loss's rule gives the distances without row i.
+        scale_BB, present_BB = leave_one_out_scale(same_BB)
+        sq_dist_BB = jnp.where(present_BB, sq_dist_BB * scale_BB, jnp.inf)
+        eligible_B = counts_B > 1
     best_B = jnp.min(sq_dist_BB, axis=1)
     # Among the candidate classes at the minimal distance, take the smallest label.
     big = jnp.iinfo(jnp.int32).max
