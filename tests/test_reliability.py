@@ -24,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from feratt_jax import cli, configs, factory, validation
+from feratt_jax import checkpointing, cli, configs, factory, validation
 from feratt_jax import metric_writer as metric_writer_lib
 from feratt_jax import train as train_lib
 from feratt_jax.workdir_lock import LOCK_NAME, WorkdirBusyError, exclusive_writer
@@ -248,17 +248,40 @@ def _mount_tmpfs(where: pathlib.Path, size: str) -> bool:
     return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True).returncode == 0
 
 
-def test_full_disk_at_a_checkpoint_stops_keeps_the_previous_and_resumes(cache_dir, tmp_path, monkeypatch):
-    """A real 7 MB tmpfs where the machine allows mounting one (root); otherwise ENOSPC injected at the save.
+def _fill_leaving(disk: pathlib.Path, free_bytes: int) -> pathlib.Path:
+    """Allocate a ballast file on ``disk`` so that about ``free_bytes`` stay free; returns its path."""
+    stat = os.statvfs(disk)
+    ballast = disk / "ballast"
+    with open(ballast, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, max(stat.f_bavail * stat.f_frsize - free_bytes, 0))
+    return ballast
 
-    A checkpoint of this run is ~4.2 MB: the one at step 2 fits, the one at step 4 does not.
+
+def test_full_disk_at_a_checkpoint_stops_keeps_the_previous_and_resumes(cache_dir, tmp_path, monkeypatch):
+    """A real tmpfs filled up just before the step-4 save where the machine allows mounting one (root);
+    otherwise ENOSPC injected at that save.
+
+    A checkpoint of this run is about 3 MB. The disk is filled after the step-2 save has committed,
+    leaving 256 KB, so the step-4 save fails whatever the exact checkpoint size or the timing of the
+    asynchronous writes (a fixed-size disk made the outcome depend on both).
     """
     disk = tmp_path / "disk"
-    real_disk = _mount_tmpfs(disk, "7m")
+    real_disk = _mount_tmpfs(disk, "64m")
     workdir = disk / "run"
     config = small_config(cache_dir, num_steps=6, checkpoint_every=2)
+    ballast = []
     try:
-        if not real_disk:
+        if real_disk:
+            save = checkpointing.Checkpointer.save
+
+            def fill_disk_at_step_4(self, step, *args, **kwargs):
+                if step == 4 and not ballast:
+                    self.manager.wait_until_finished()  # step 2 is committed before the disk fills
+                    ballast.append(_fill_leaving(disk, 256 * 1024))
+                return save(self, step, *args, **kwargs)
+
+            monkeypatch.setattr(checkpointing.Checkpointer, "save", fill_disk_at_step_4)
+        else:
             save = ocp.CheckpointManager.save
 
             def full_at_step_4(self, step, *args, **kwargs):
@@ -275,10 +298,9 @@ def test_full_disk_at_a_checkpoint_stops_keeps_the_previous_and_resumes(cache_di
         assert "the checkpoint at step 2 is intact" in message and "rerun the same command" in message
         assert saved_step(workdir / "checkpoints" / "2") == 2  # readable
         # Free space, same command: it resumes from step 2 and finishes.
-        if real_disk:
-            subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
-        else:
-            monkeypatch.undo()
+        monkeypatch.undo()
+        if ballast:
+            ballast[0].unlink()
         summary = train_lib.train_and_evaluate(config, workdir)
         assert summary["step"] == 6 and saved_step(workdir / "checkpoints" / "6") == 6
     finally:
