@@ -121,6 +121,7 @@ def curves_png(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    # Below the axes: run labels are long enough to cover the curves and the y label inside them.
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.18), fontsize="small", frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
