@@ -27,8 +27,19 @@ def test_main_reads_a_workdir_and_writes_json_and_png(tmp_path):
     assert (tmp_path / "out" / "c.png").stat().st_size > 1000
 
 
-def test_overlays_an_earlier_curve_and_refuses_a_bad_one_before_writing(tmp_path):
+def test_overlays_an_earlier_curve_and_refuses_a_bad_one_before_writing(tmp_path, monkeypatch):
     cc = _module()
+    from feratt_jax import plots
+
+    drawn = []
+    draw = plots.curves_png
+
+    def recording_curves_png(path, x, series, *args, **kwargs):
+        curves = {name: list(ys[1] if isinstance(ys, tuple) else ys) for name, ys in series.items()}  # (xs, ys): own x
+        drawn.append((curves, kwargs.get("band")))
+        return draw(path, x, series, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "curves_png", recording_curves_png)
     wd = tmp_path / "run"
     wd.mkdir()
     (wd / "config.json").write_text(json.dumps({"train": {"batch_size": 8, "num_steps": 40}}))
@@ -46,4 +57,8 @@ def test_overlays_an_earlier_curve_and_refuses_a_bad_one_before_writing(tmp_path
         cc.main(["--workdir", str(wd), "--out", str(out), "--name", "v3", "--band", "65"])
     args = ["--workdir", str(wd), "--out", str(out), "--name", "v3", "--before", f"v2={out / 'v2.json'}", "--band", "65,85"]
     assert cc.main(args) == 0
-    assert (out / "v3.png").stat().st_size > (out / "v2.png").stat().st_size  # two curves and a band
+    assert (out / "v3.png").stat().st_size > 1000
+    # v2 alone, then v3 with v2's curve overlaid (read back from v2.json, in percent) and the band
+    assert drawn[0] == ({"validation accuracy": [25.0, 50.0]}, None)
+    assert drawn[-1][0] == {"v2": [25.0, 50.0], "validation accuracy": [25.0, 50.0]}
+    assert drawn[-1][1][:2] == (65.0, 85.0) and len(drawn) == 2  # the refused calls drew nothing
