@@ -275,10 +275,14 @@ def test_full_disk_at_a_checkpoint_stops_keeps_the_previous_and_resumes(cache_di
             save = checkpointing.Checkpointer.save
 
             def fill_disk_at_step_4(self, step, *args, **kwargs):
-                if step == 4 and not ballast:
-                    self.manager.wait_until_finished()  # step 2 is committed before the disk fills
-                    ballast.append(_fill_leaving(disk, 256 * 1024))
-                return save(self, step, *args, **kwargs)
+                if step != 4 or ballast:
+                    return save(self, step, *args, **kwargs)
+                self.manager.wait_until_finished()  # step 2 is committed before the disk fills
+                ballast.append(_fill_leaving(disk, 256 * 1024))
+                save(self, step, *args, **kwargs)
+                # The write runs on orbax's thread: wait for its ENOSPC here, so that no metrics line
+                # of step 5 meets the full disk first and the failure always names the checkpoint.
+                self.wait()
 
             monkeypatch.setattr(checkpointing.Checkpointer, "save", fill_disk_at_step_4)
         else:
