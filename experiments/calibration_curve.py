@@ -5,7 +5,9 @@ Reads the trainer's ``metrics.jsonl`` of one workdir
 
 * ``<name>.json``: validation accuracy against training images seen, the
   images seen until 25 % (2x chance) and 50 % were first reached, and the
-  plateau test: the last quarter of the steps gains < 2 points;
+  plateau test: the last quarter of the steps gains < 2 points (the rise of a
+  line fitted through its evaluations, with the standard error that binomial
+  evaluation noise gives it, and the two end points' difference);
 * ``<name>.png``: the curve.
 
 The calibration run of the paper's baseline protocol on the ``train`` preset:

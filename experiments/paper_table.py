@@ -9,7 +9,9 @@ checkpoints, a finished fold is not retrained) and writes, to ``--out``:
 
 * ``paper_table.md``: the table in the paper's format, the per-method fold
   count, steps, how many folds plateaued (validation accuracy gained < 2
-  points over the last quarter of the steps), training speed and network,
+  points over the last quarter of the steps, read from a line fitted through
+  that quarter's evaluations: :mod:`feratt_jax.learning_curves`), training
+  speed and network,
   and the command that made it;
 * ``paper_table.json``: everything in the table plus every fold's metrics
   and validation curve (``curves``: :func:`feratt_jax.learning_curves.curve_summary`);
@@ -94,8 +96,10 @@ def fold_curves(per_fold: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plateau_cell(curves: list[dict[str, Any]]) -> str:
-    """``k/n`` folds plateaued and the largest last-quarter gain, e.g. ``4/5 (max +3.1)``."""
-    gains = [c["last_quarter_gain_points"] for c in curves if c["last_quarter_gain_points"] is not None]
+    """``k/n`` folds plateaued and the largest last-quarter gain the verdicts rest on, e.g. ``4/5 (max +3.1)``."""
+    from feratt_jax.learning_curves import decisive_gain
+
+    gains = [g for g in map(decisive_gain, curves) if g is not None]
     worst = f" (max {max(gains):+.1f})" if gains else ""
     return f"{sum(c['plateau'] for c in curves)}/{len(curves)}{worst}"
 
@@ -223,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python experiments/paper_table.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     notes = [
         f"size `{args.size}`" + (f", overrides: {', '.join(args.set + ([f'train.num_steps={args.steps}'] if args.steps else []))}" if args.set or args.steps else ""),
-        "plateaued: folds whose validation accuracy gained < 2 points over the last quarter of their steps "
-        "(per-fold curves in paper_table.json); in brackets the largest gain.",
+        "plateaued: folds whose validation accuracy gained < 2 points over the last quarter of their steps, "
+        "the rise of a least-squares line through that quarter's evaluations (its end points alone when the quarter "
+        "holds fewer than three; per-fold curves in paper_table.json); in brackets the largest gain.",
         "train img/s: the trainer's measured training speed, mean over folds (this machine's figure when run here).",
     ]
     if args.finished_only:

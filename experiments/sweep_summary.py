@@ -105,11 +105,15 @@ def _pct(v: float | None) -> str:
 
 
 def table_markdown(rows: list[dict[str, Any]], command: str) -> str:
+    from feratt_jax.learning_curves import gain_text
+
     lines = [
         "# Sweep",
         "",
         "Per fold: test accuracy of the best-validation checkpoint (`-`: the fold did not finish), the last "
-        "validation accuracy, the gain over the last quarter of the planned steps and the plateau test (< 2 points), "
+        "validation accuracy, the gain over the last quarter of the planned steps (a least-squares line through its "
+        "evaluations, +- the standard error binomial evaluation noise gives it, and in brackets the difference of its "
+        "two end points) and the plateau test (the line's gain < 2 points), "
         "and the thousands of training images seen until validation first reached 25 % and 50 %.",
         "",
         "| job | method | overrides | fold | test % | last val % (step) | last-quarter gain | plateau | 25 % / 50 % at (k images) |",
@@ -120,7 +124,7 @@ def table_markdown(rows: list[dict[str, Any]], command: str) -> str:
         for f in r["folds"]:
             c = f["curve"]
             last = f"{_pct(c['val_accuracy'][-1])} ({c['last_step']})" if c["val_accuracy"] else "-"
-            gain = "-" if c["last_quarter_gain_points"] is None else f"{c['last_quarter_gain_points']:+.1f}"
+            gain = gain_text(c)
             reach = " / ".join("-" if c[k] is None else f"{c[k] // 1000}" for k in ("images_to_25pct", "images_to_50pct"))
             plateau = "unfinished" if not c["finished"] else ("yes" if c["plateau"] else "no")
             lines.append(f"| {r['job']} | {r['method']} | {over} | {f['fold']} | {_pct(f['test_accuracy'])} | {last} | {gain} | {plateau} | {reach} |")

@@ -198,3 +198,40 @@ def test_gpu_sweep_jobs_file_is_checked_before_any_work(tmp_path, jobs, message)
     assert message in proc.stderr and str(jobs_file) in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_plateau_report_rereads_every_committed_curve_kind(tmp_path, capsys):
+    """experiments/plateau_report.py: a calibration curve, a sweep's folds and a paper table's folds, both verdicts."""
+    pr = experiment_scripts.load("plateau_report")
+    steps = [1000, 2000, 3000, 3250, 3500, 3750, 4000]
+    dip = [0.3, 0.5, 0.70, 0.74, 0.78, 0.82, 0.71]  # end points +1, line +4 (test_learning_curves)
+    level = [0.3, 0.5, 0.80, 0.86, 0.82, 0.80, 0.83]  # end points +3, line 0
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps({"steps": steps, "val_accuracy": dip, "planned_steps": 4000, "workdir_config": {"data": {"val_size": 1024}}}))
+    sweep = tmp_path / "sweep" / "sweep.json"
+    sweep.parent.mkdir()
+    sweep.write_text(json.dumps({"rows": [{"job": "j", "method": "m", "folds": [{"fold": "fold_0", "curve": {"steps": steps, "val_accuracy": level}}]}]}))
+    table = tmp_path / "tab" / "paper_table.json"
+    table.parent.mkdir()
+    table.write_text(json.dumps({"rows": [{"method": "Base", "folds": 1, "curves": [{"steps": [100, 200], "val_accuracy": [0.1, 0.2]}]}]}))
+    other = tmp_path / "hog.json"
+    other.write_text(json.dumps({"accuracy": 0.87}))
+    out = tmp_path / "out" / "report.md"
+    assert pr.main([str(cal), str(sweep), str(table), str(other), "--out", str(out)]) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["curve"] for r in rows] == ["cal", "j/m/fold_0", "tab/Base/fold_0"]
+    assert [r["eval_size"] for r in rows] == [1024, 256, 256]
+    assert [(r["ends_plateau"], r["plateau"]) for r in rows] == [(True, False), (False, True), (False, False)]
+    assert rows[0]["fit_gain_points"] == pytest.approx(4.0) and rows[2]["fit_gain_points"] is None
+    md = out.read_text()
+    # +- 100 * sqrt(0.75 * 0.25 / 1024) * 1000 / sqrt(10 * 250^2) = 1.7 (mean of the quarter: 0.75)
+    assert "| cal | 4000 | 71.0 | 1024 | +1.0 | yes | +4.0 +- 1.7 | no |" in md
+    assert "| j/m/fold_0 | 4000 | 83.0 | 256 | +3.0 | no | +0.0 +- 3.0 | yes |" in md
+    assert "| tab/Base/fold_0 | 200 | 20.0 | 256 | +10.0 | no | - | no |" in md
+    with pytest.raises(SystemExit):
+        pr.main([str(other), "--out", str(tmp_path / "none.md")])
+    assert "none of the files holds a validation curve" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pr.main([str(tmp_path / "missing.json"), "--out", str(tmp_path / "none.md")])
+    assert "missing.json: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "none.md").exists()

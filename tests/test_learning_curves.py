@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from feratt_jax.learning_curves import curve_summary, read_validation_curve
+from feratt_jax.learning_curves import curve_summary, decisive_gain, fitted_gain, gain_text, read_validation_curve
 
 
 def test_milestones_and_last_quarter_gain():
@@ -23,6 +23,39 @@ def test_milestones_and_last_quarter_gain():
     assert never["images_to_25pct"] is None and never["last_quarter_gain_points"] is None and not never["plateau"]
     with pytest.raises(ValueError, match="no validation points"):
         curve_summary([], [], 32, 10)
+
+
+def test_fitted_gain_by_hand():
+    # x centred on 3500: -500, 0, +500 (Sxx = 500000); y 0.80, 0.86, 0.81: sum of x*y = 5,
+    # slope 1e-5 per step, times the 1000-step span: 1 point.
+    gain, se = fitted_gain([3000, 3500, 4000], [0.80, 0.86, 0.81], eval_size=256)
+    assert gain == pytest.approx(1.0)
+    # Binomial at the mean 0.8233: sqrt(p(1-p)/256) = 0.02384, times span/sqrt(Sxx) = 1000/707.1.
+    assert se == pytest.approx(100 * 0.023836 * 1000 / 707.107, rel=1e-3)
+    assert fitted_gain([3000, 4000], [0.8, 0.9]) == (None, None)
+    assert fitted_gain([1, 2, 3], [0.1, 0.2, 0.3])[1] is None  # no eval_size, no standard error
+
+
+def test_the_verdict_reads_the_line_through_the_last_quarter_not_its_end_points():
+    steps = [1000, 2000, 3000, 3250, 3500, 3750, 4000]  # 3/4 of 4000: the quarter is 3000..4000
+    # Rising through the quarter (70 -> 82 %), then one low evaluation: the end points say +1
+    # point (a plateau by the old verdict); the line says +4 (sum of x*y over x = -2..2 is 0.10,
+    # slope 0.01 per 250 steps, 4 of them).
+    dip = curve_summary(steps, [0.3, 0.5, 0.70, 0.74, 0.78, 0.82, 0.71], 32, 4000)
+    assert dip["last_quarter_gain_points"] == pytest.approx(1.0)
+    assert dip["last_quarter_fit_gain_points"] == pytest.approx(4.0) and not dip["plateau"]
+    # Level but noisy: the end points say +3 (no plateau by the old verdict), the line says 0.
+    level = curve_summary(steps, [0.3, 0.5, 0.80, 0.86, 0.82, 0.80, 0.83], 32, 4000, eval_size=256)
+    assert level["last_quarter_gain_points"] == pytest.approx(3.0)
+    assert level["last_quarter_fit_gain_points"] == pytest.approx(0.0, abs=1e-9) and level["plateau"]
+    # mean 0.822 over 256 images; Sxx = 10 * 250^2; span 1000.
+    assert level["last_quarter_fit_se_points"] == pytest.approx(100 * (0.822 * 0.178 / 256) ** 0.5 * 1000 / 790.569, rel=1e-3)
+    assert decisive_gain(level) == level["last_quarter_fit_gain_points"]
+    assert gain_text(level) == "+0.0 +- 3.0 (ends +3.0)" and gain_text(dip) == "+4.0 (ends +1.0)"
+    # Fewer than three evaluations in the quarter: the end points decide, as before.
+    two = curve_summary([500, 1000, 1500, 2000], [0.10, 0.30, 0.55, 0.56], 32, 2000)
+    assert two["last_quarter_fit_gain_points"] is None and decisive_gain(two) == pytest.approx(1.0)
+    assert gain_text(two) == "+1.0" and gain_text({"last_quarter_gain_points": None}) == "-"
 
 
 def _workdir(tmp_path, rows, train=None):
