@@ -10,6 +10,11 @@ Reads the trainer's ``metrics.jsonl`` of one workdir
   evaluation noise gives it, and the two end points' difference);
 * ``<name>.png``: the curve.
 
+``--from-json`` takes a JSON this script wrote instead of a workdir (the run
+need not exist any more): its summary is recomputed from the stored curve with
+today's :func:`~feratt_jax.learning_curves.curve_summary` and redrawn, e.g. to
+give an old figure the current plot layout and plateau fields.
+
 The calibration run of the paper's baseline protocol on the ``train`` preset:
 
     feratt train --config experiments/configs/preactresnet18.py:quick --workdir runs/base_cal \\
@@ -28,7 +33,9 @@ import pathlib
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workdir", required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", help="a feratt train workdir")
+    source.add_argument("--from-json", metavar="JSON", help="a JSON this script wrote earlier, recomputed and redrawn")
     p.add_argument("--out", required=True)
     p.add_argument("--name", required=True)
     p.add_argument(
@@ -56,12 +63,22 @@ def main(argv: list[str] | None = None) -> int:
         band = plots.target_band(args.band)
     except ValueError as err:
         p.error(f"--band {args.band!r}: {err}")
-    from feratt_jax.learning_curves import read_validation_curve
+    from feratt_jax.learning_curves import curve_summary, read_validation_curve
 
-    workdir = pathlib.Path(args.workdir)
-    summary = read_validation_curve(workdir)
-    config = json.loads((workdir / "config.json").read_text())
-    summary["workdir_config"] = {k: config[k] for k in ("model", "data", "train", "optimizer") if k in config}
+    if args.workdir:
+        workdir = pathlib.Path(args.workdir)
+        summary = read_validation_curve(workdir)
+        config = json.loads((workdir / "config.json").read_text())
+        summary["workdir_config"] = {k: config[k] for k in ("model", "data", "train", "optimizer") if k in config}
+    else:
+        try:
+            old = json.loads(pathlib.Path(args.from_json).read_text())
+            config = old.get("workdir_config", {})
+            batch = old["images"][0] // old["steps"][0]
+            summary = curve_summary(old["steps"], old["val_accuracy"], batch, old["planned_steps"], config.get("data", {}).get("val_size"))
+        except (OSError, ValueError, KeyError, IndexError, ZeroDivisionError, AttributeError) as err:
+            p.error(f"--from-json {args.from_json}: not a calibration_curve.py JSON ({type(err).__name__}: {err})")
+        summary["workdir_config"] = config
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -121,7 +121,11 @@ def curves_png(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    # Below the axes: run labels are long enough to cover the curves and the y label inside them.
-    ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.18), fontsize="small", frameon=False)
     fig.tight_layout()
+    # Below the x label: run labels are long enough to cover the curves and the y label inside
+    # the axes. Where the label ends depends on fonts and figure size, so it is measured.
+    fig.canvas.draw()
+    label_bottom = ax.xaxis.label.get_window_extent().y0
+    top = ax.transAxes.inverted().transform((0.0, label_bottom))[1]
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, top - 0.02), fontsize="small", frameon=False)
     fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -62,3 +62,30 @@ def test_overlays_an_earlier_curve_and_refuses_a_bad_one_before_writing(tmp_path
     assert drawn[0] == ({"validation accuracy": [25.0, 50.0]}, None)
     assert drawn[-1][0] == {"v2": [25.0, 50.0], "validation accuracy": [25.0, 50.0]}
     assert drawn[-1][1][:2] == (65.0, 85.0) and len(drawn) == 2  # the refused calls drew nothing
+
+
+def test_from_json_recomputes_and_redraws_a_committed_curve_without_its_run(tmp_path, capsys):
+    cc = _module()
+    wd = tmp_path / "run"
+    wd.mkdir()
+    (wd / "config.json").write_text(json.dumps({"train": {"batch_size": 8, "num_steps": 40}, "data": {"val_size": 256}}))
+    rows = [{"step": s, "val/accuracy": a} for s, a in [(10, 0.2), (30, 0.80), (35, 0.86), (40, 0.83)]]
+    (wd / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "out"
+    assert cc.main(["--workdir", str(wd), "--out", str(out), "--name", "a"]) == 0
+    first = json.loads((out / "a.json").read_text())
+    # An old file: written before the fitted gain existed.
+    for key in ("last_quarter_fit_gain_points", "last_quarter_fit_se_points"):
+        first.pop(key)
+    (out / "old.json").write_text(json.dumps(first))
+    assert cc.main(["--from-json", str(out / "old.json"), "--out", str(out), "--name", "b"]) == 0
+    again = json.loads((out / "b.json").read_text())
+    assert again == json.loads((out / "a.json").read_text())  # the same summary, workdir_config kept
+    assert again["last_quarter_fit_gain_points"] == pytest.approx(3.0) and (out / "b.png").stat().st_size > 1000
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"steps": [10]}))
+    with pytest.raises(SystemExit):
+        cc.main(["--from-json", str(bad), "--out", str(out), "--name", "c"])
+    assert "--from-json" in capsys.readouterr().err and not (out / "c.json").exists()
+    with pytest.raises(SystemExit):
+        cc.main(["--workdir", str(wd), "--from-json", str(bad), "--out", str(out), "--name", "c"])
