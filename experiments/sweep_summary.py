@@ -18,6 +18,9 @@ The benchmark calibration's GPU sweep (docs/training.md section 0):
     tar xzf runs.tar.gz -C runs/gpu_sweep
     python experiments/sweep_summary.py --workdir runs/gpu_sweep/sweep \\
         --out experiments/results/benchmark_calibration/gpu_sweep --band 65,85
+
+``--from-json OUT/sweep.json`` recomputes a written table's curves (today's
+plateau rule) and redraws it without the runs.
 """
 
 from __future__ import annotations
@@ -134,29 +137,57 @@ def table_markdown(rows: list[dict[str, Any]], command: str) -> str:
     return "\n".join(lines)
 
 
+def rows_from_json(path: pathlib.Path, eval_size: int) -> tuple[list[dict[str, Any]], str]:
+    """The rows and command of a ``sweep.json`` this script wrote, each curve recomputed by today's rule.
+
+    The sweep's runs need not exist any more; ``eval_size`` (validation images
+    per evaluation, which the file does not keep) sets the fitted gain's error.
+    """
+    from feratt_jax.learning_curves import curve_summary
+
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    for r in rows:
+        for f in r["folds"]:
+            c = f["curve"]
+            f["curve"] = curve_summary(c["steps"], c["val_accuracy"], c["images"][0] // c["steps"][0], c["planned_steps"], eval_size)
+    return rows, data["command"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workdir", required=True, help="the sweep's workdir (WORKDIR/JOB/METHOD/fold_k)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", help="the sweep's workdir (WORKDIR/JOB/METHOD/fold_k)")
+    source.add_argument("--from-json", metavar="SWEEP_JSON", help="a sweep.json this script wrote: recompute its curves and redraw")
+    p.add_argument("--eval-size", type=int, default=256, help="with --from-json: validation images per evaluation")
     p.add_argument("--out", required=True)
     p.add_argument("--plot-method", default="preactresnet18", help="method whose fold-0 curves go in sweep_curves.png")
     p.add_argument("--band", default="", metavar="LO,HI", help="shade a target range in percent, e.g. 65,85")
     args = p.parse_args(argv)
-    workdir = pathlib.Path(args.workdir)
-    if not workdir.is_dir():
-        p.error(f"--workdir {workdir}: no such folder")
     from feratt_jax import plots
 
     try:
         band = plots.target_band(args.band)
     except ValueError as err:
         p.error(f"--band {args.band!r}: {err}")
-    rows = job_rows(workdir)
-    if not rows:
-        p.error(f"--workdir {workdir}: no JOB/METHOD/fold_k/metrics.jsonl below it")
+    command = "python experiments/sweep_summary.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.from_json:
+        try:
+            rows, made_by = rows_from_json(pathlib.Path(args.from_json), args.eval_size)
+        except (OSError, ValueError, KeyError, IndexError, TypeError, ZeroDivisionError) as err:
+            p.error(f"--from-json {args.from_json}: not a sweep_summary.py sweep.json ({type(err).__name__}: {err})")
+        marker = "\n# recomputed and redrawn by:\n"
+        command = made_by.split(marker)[0] + marker + command
+    else:
+        workdir = pathlib.Path(args.workdir)
+        if not workdir.is_dir():
+            p.error(f"--workdir {workdir}: no such folder")
+        rows = job_rows(workdir)
+        if not rows:
+            p.error(f"--workdir {workdir}: no JOB/METHOD/fold_k/metrics.jsonl below it")
 
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "python experiments/sweep_summary.py " + " ".join(argv if argv is not None else sys.argv[1:])
     (out / "sweep.md").write_text(table_markdown(rows, command))
     (out / "sweep.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2) + "\n")
     series = {

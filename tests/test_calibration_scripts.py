@@ -160,6 +160,17 @@ def test_sweep_summary_tables_each_job_with_its_overrides_plateau_and_mean(tmp_p
     assert (out / "sweep_curves.png").stat().st_size > 0
     rows = json.loads((out / "sweep.json").read_text())["rows"]
     assert [(r["job"], len(r["folds"])) for r in rows] == [("a", 2), ("b", 1), ("c", 1), ("d", 1), ("e", 1)]
+    # Recomputed from its own sweep.json, without the runs: the same table, both commands kept once.
+    again = tmp_path / "again"
+    for source in (out, again):
+        assert ss.main(["--from-json", str(source / "sweep.json"), "--out", str(again), "--plot-method", "m", "--band", "65,85"]) == 0
+    def table(path):
+        return [line for line in path.read_text().splitlines() if line.startswith("| ")]
+
+    assert table(again / "sweep.md") == table(out / "sweep.md")
+    command = json.loads((again / "sweep.json").read_text())["command"]
+    assert command.startswith("python experiments/sweep_summary.py --workdir") and command.count("recomputed and redrawn by") == 1
+    assert (again / "sweep_curves.png").stat().st_size > 0
 
 
 def test_sweep_summary_refuses_a_folder_without_runs(tmp_path, capsys):
@@ -171,6 +182,11 @@ def test_sweep_summary_refuses_a_folder_without_runs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         ss.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "out"), "--band", "65"])
     assert "--band '65': expected LO,HI in percent" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rows": [{"folds": [{"curve": {"steps": []}}]}]}))
+    with pytest.raises(SystemExit):
+        ss.main(["--from-json", str(bad), "--out", str(tmp_path / "out")])
+    assert "--from-json" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
