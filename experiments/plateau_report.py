@@ -68,10 +68,6 @@ def report_rows(paths: list[pathlib.Path], default_eval_size: int) -> list[dict[
     return rows
 
 
-def _num(v: float | None, fmt: str) -> str:
-    return "-" if v is None else format(v, fmt)
-
-
 def report_markdown(rows: list[dict[str, Any]], command: str) -> str:
     from feratt_jax.learning_curves import signed_points
 
@@ -86,7 +82,9 @@ def report_markdown(rows: list[dict[str, Any]], command: str) -> str:
         "|---|---:|---:|---:|---:|---|---:|---|",
     ]
     for r in rows:
-        line = "-" if r["fit_gain_points"] is None else f"{signed_points(r['fit_gain_points'])} +- {_num(r['fit_se_points'], '.1f')}"
+        line = "-" if r["fit_gain_points"] is None else f"{signed_points(r['fit_gain_points'])}" + (
+            "" if r["fit_se_points"] is None else f" +- {r['fit_se_points']:.1f}"
+        )
         ends = "-" if r["ends_gain_points"] is None else signed_points(r["ends_gain_points"])
         yes = {True: "yes", False: "no"}
         lines.append(
