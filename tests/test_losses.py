@@ -321,14 +321,17 @@ def _random_batch(seed, batch=12, dim=4, present=(0, 1, 3), num_classes=5):
     return x, labels, perm
 
 
-# lam = 0.5 turns some 1/3 cross-class mixes into the absent class 2 (a reference quirk);
-# 0.3 and 0.6180339 give inexact float mixes.
+# lam = 0.5 turns some 1/3 cross-class mixes into the absent class 2 (a reference quirk, which the
+# "reference" label mode keeps); 0.3 and 0.6180339 give inexact float mixes.
+@pytest.mark.parametrize(
+    "mode,numpy_oracle", [("reference", numpy_reference_dgmm), ("soft", numpy_soft_dgmm)]
+)
 @pytest.mark.parametrize("lam", [None, 0.5, 0.3, 0.6180339])
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("includes_self", [True, False])
-def test_dgmm_reference_mode_matches_numpy_loop(lam, seed, includes_self):
+def test_dgmm_matches_numpy_loop(mode, numpy_oracle, lam, seed, includes_self):
     x, labels, perm = _random_batch(seed)
-    expected = numpy_reference_dgmm(x, labels, lam, perm, 5, 0.5, leave_one_out=not includes_self)
+    expected = numpy_oracle(x, labels, lam, perm, 5, 0.5, leave_one_out=not includes_self)
     got = L.gaussian_space_loss_with_mix(
         jnp.asarray(x),
         jnp.asarray(labels),
@@ -336,26 +339,7 @@ def test_dgmm_reference_mode_matches_numpy_loop(lam, seed, includes_self):
         None if lam is None else jnp.asarray(perm),
         num_classes=5,
         sigma=0.5,
-        mixup_label_mode="reference",
-        class_mean_includes_self=includes_self,
-    )
-    assert float(got) == pytest.approx(expected, rel=1e-5, abs=1e-7)
-
-
-@pytest.mark.parametrize("lam", [None, 0.5, 0.3, 0.6180339])
-@pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("includes_self", [True, False])
-def test_dgmm_soft_mode_matches_numpy_loop(lam, seed, includes_self):
-    x, labels, perm = _random_batch(seed)
-    expected = numpy_soft_dgmm(x, labels, lam, perm, 5, 0.5, leave_one_out=not includes_self)
-    got = L.gaussian_space_loss_with_mix(
-        jnp.asarray(x),
-        jnp.asarray(labels),
-        lam,
-        None if lam is None else jnp.asarray(perm),
-        num_classes=5,
-        sigma=0.5,
-        mixup_label_mode="soft",
+        mixup_label_mode=mode,
         class_mean_includes_self=includes_self,
     )
     assert float(got) == pytest.approx(expected, rel=1e-5, abs=1e-7)
