@@ -99,6 +99,38 @@ def test_benchmark_size_is_the_calibration_run():
     assert bench == cand
 
 
+@pytest.mark.parametrize("jobs_name", sorted(p.name for p in experiment_scripts.EXPERIMENTS.glob("calibration_sweep_gpu*.txt")))
+def test_committed_gpu_jobs_build_valid_configs(jobs_name):
+    """Every job of a committed GPU jobs file must pass config validation here, not fail on the device.
+
+    (A 12 px line once did: the renderer's CLAHE needs a size its tiles divide.)
+    """
+    import argparse
+    import itertools
+    import re
+    import shlex
+
+    from feratt_jax import validation
+
+    pt = experiment_scripts.load("paper_table")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--methods", nargs="+", default=[m for m, _ in pt.METHODS])
+    parser.add_argument("--steps", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[])
+    for line in (experiment_scripts.EXPERIMENTS / jobs_name).read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, *words = shlex.split(line)
+        options = list(itertools.dropwhile(lambda w: re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", w), words))  # VAR=VALUE first
+        args, _ = parser.parse_known_args(options)  # --folds etc. do not change the config
+        overrides = [f"--config.{kv}" for kv in args.set] + ([f"--config.train.num_steps={args.steps}"] if args.steps else [])
+        for stem in args.methods:
+            try:
+                validation.validate(pt.method_config(stem, "benchmark", overrides))
+            except ValueError as err:
+                pytest.fail(f"{jobs_name} job {name} ({stem}): {err}")
+
+
 def test_probe_report_records_every_generator_field(tmp_path):
     """A report must say what it measured after the generator's defaults change (they did on 2026-12-03)."""
     import dataclasses
