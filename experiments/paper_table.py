@@ -71,6 +71,30 @@ def method_config(stem: str, size: str, overrides: list[str]):
     return load_config(spec, overrides)
 
 
+def checked_configs(stems: list[str], size: str, overrides: list[str], folds: int) -> dict[str, Any]:
+    """Every method's config, loaded and validated before any of them trains.
+
+    A bad ``--size``, ``--set`` or ``--folds`` then stops the command before the
+    first fold, not after an hour of the first method.
+
+    Raises:
+      ValueError: naming the method and the field.
+    """
+    from feratt_jax import validation
+    from feratt_jax.kfold import check_folds, fold_config
+
+    configs = {}
+    for stem in stems:
+        try:
+            config = method_config(stem, size, overrides)
+            check_folds(config, folds)
+            validation.validate(fold_config(config, 0))
+        except (ValueError, FileNotFoundError) as err:
+            raise ValueError(f"{stem}: {err}") from err
+        configs[stem] = config
+    return configs
+
+
 def finished_folds(method_dir: pathlib.Path, folds: int) -> int:
     """How many folds ``0..k-1`` of a method are finished (their ``eval/metrics.json`` written), at most ``folds``.
 
@@ -155,7 +179,7 @@ def table_markdown(rows: list[dict[str, Any]], command: str, notes: list[str]) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="paper_table.py", description=__doc__.splitlines()[0])
     p.add_argument("--size", default="quick", help="config size: full, quick or tiny (default quick)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--steps", type=int, default=0, help="train.num_steps for every method (0 = the size's)")
@@ -185,19 +209,26 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [f"--config.{kv}" for kv in args.set]
     if args.steps:
         overrides.append(f"--config.train.num_steps={args.steps}")
+    try:
+        configs = checked_configs(args.methods, args.size, overrides, args.folds)
+    except ValueError as err:
+        p.error(str(err))
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = dict(METHODS + OPTIONAL_METHODS)
     rows = []
-    for stem in args.methods:
-        config = method_config(stem, args.size, overrides)
+    for stem, config in configs.items():
         folds = args.folds
         if args.finished_only:
             folds = finished_folds(pathlib.Path(args.workdir) / stem, args.folds)
             if folds == 0:
                 print(f"{stem}: no finished fold in {pathlib.Path(args.workdir) / stem}; left out of the table", flush=True)
                 continue
-        result = run_kfold(config, folds, pathlib.Path(args.workdir) / stem, config_spec=f"{stem}.py:{args.size}")
+        try:
+            result = run_kfold(config, folds, pathlib.Path(args.workdir) / stem, config_spec=f"{stem}.py:{args.size}")
+        except ValueError as err:  # e.g. a finished fold in --workdir was trained with another config
+            print(f"paper_table.py: error: {stem}: {err}", file=sys.stderr)
+            return 2
         if "stopped" in result:
             print(f"{stem}: stopped; rerun the same command to resume", flush=True)
             return 1

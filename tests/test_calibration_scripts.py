@@ -110,11 +110,10 @@ def test_committed_gpu_jobs_build_valid_configs(jobs_name):
     import re
     import shlex
 
-    from feratt_jax import validation
-
     pt = experiment_scripts.load("paper_table")
     parser = argparse.ArgumentParser()
     parser.add_argument("--methods", nargs="+", default=[m for m, _ in pt.METHODS])
+    parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=0)
     parser.add_argument("--set", action="append", default=[])
     for line in (experiment_scripts.EXPERIMENTS / jobs_name).read_text().splitlines():
@@ -122,13 +121,12 @@ def test_committed_gpu_jobs_build_valid_configs(jobs_name):
             continue
         name, *words = shlex.split(line)
         options = list(itertools.dropwhile(lambda w: re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", w), words))  # VAR=VALUE first
-        args, _ = parser.parse_known_args(options)  # --folds etc. do not change the config
+        args, _ = parser.parse_known_args(options)
         overrides = [f"--config.{kv}" for kv in args.set] + ([f"--config.train.num_steps={args.steps}"] if args.steps else [])
-        for stem in args.methods:
-            try:
-                validation.validate(pt.method_config(stem, "benchmark", overrides))
-            except ValueError as err:
-                pytest.fail(f"{jobs_name} job {name} ({stem}): {err}")
+        try:
+            pt.checked_configs(args.methods, "benchmark", overrides, args.folds)  # what paper_table.py checks first
+        except ValueError as err:
+            pytest.fail(f"{jobs_name} job {name}: {err}")
 
 
 def test_probe_report_records_every_generator_field(tmp_path):

@@ -107,3 +107,27 @@ def test_method_configs_are_the_three_papers_methods_at_the_chosen_size():
     full = pt.method_config("ferattentiongmm", "full", [])
     assert full.train.num_steps == 90_000 and full.model.num_filters == 32
     assert pt.model_description(full) == "input 64px, decoder 32, 8 feature blocks, classifier width 64"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--size", "benchmark", "--set", "data.render.downsample_size=12"], "preactresnet18: config: RenderConfig: clahe_tiles=8"),
+        (["--size", "bogus"], "preactresnet18: unknown config argument 'bogus'"),
+        (["--size", "quick", "--set", "train.bogus=1"], "preactresnet18: unknown config field 'train.bogus'"),
+        (["--size", "quick", "--folds", "11"], "preactresnet18: --folds 11 exceeds the 10 folds"),
+    ],
+)
+def test_bad_input_is_one_line_before_any_work(tmp_path, capsys, argv, message):
+    """A bad --size/--set/--folds names the method and field in one line, and creates no folder.
+
+    (It was a traceback from the first fold's trainer, after any method before it had trained.)
+    """
+    pt = _paper_table()
+    workdir, out = tmp_path / "runs", tmp_path / "table"
+    with pytest.raises(SystemExit) as exit_info:
+        pt.main(["--methods", "preactresnet18", "--folds", "1", *argv, "--workdir", str(workdir), "--out", str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("paper_table.py: error: " + message) and not any("Traceback" in line for line in err), err  # argparse: usage, then the error
+    assert not workdir.exists() and not out.exists()
