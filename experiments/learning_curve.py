@@ -25,11 +25,26 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import pathlib
 import time
 
 
+def literal_options(items: list[str], flag: str) -> dict:
+    """``["a=1", "b=(2, 3)"]`` -> ``{"a": 1, "b": (2, 3)}``; ValueError naming the item that is not FIELD=LITERAL."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep or not key:
+                raise ValueError
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{flag} {item!r}: expected FIELD=VALUE with a Python literal value") from None
+    return options
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="learning_curve.py", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="small_cnn")
     p.add_argument("--model-options", default="{}", help="Python dict of build_model options")
     p.add_argument("--config", default="experiments/configs/ferattention.py:quick", help="data settings come from this config")
@@ -44,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--json", help="write the curve here")
     args = p.parse_args(argv)
+    for flag, value, least in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1), ("--eval-every", args.eval_every, 1), ("--input-size", args.input_size, 0)):
+        if value < least:
+            p.error(f"{flag} {value}: must be >= {least}")
+    if args.json and not pathlib.Path(args.json).resolve().parent.is_dir():
+        p.error(f"--json {args.json}: folder {pathlib.Path(args.json).parent} does not exist")
 
     from feratt_jax.xla_cpu import apply_fast_cpu_flags
 
@@ -54,18 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import optax
 
-    from feratt_jax import factory, step
+    from feratt_jax import factory, step, validation
     from feratt_jax.configs import load_config
     from feratt_jax.data.device import render_train_batch
     from feratt_jax.models import build_model
     from feratt_jax.optimizers import torch_adam
-
-    config = load_config(args.config, [f"--config.{kv}" for kv in args.set] + [f"--config.train.batch_size={args.batch_size}"])
-    if args.render:
-        import ml_collections
-
-        config.data.render = ml_collections.ConfigDict({k: ast.literal_eval(v) for k, v in (kv.split("=", 1) for kv in args.render)})
-    data = factory.make_inputs(config)
 
     class SmallCNN(nn.Module):
         num_classes: int
@@ -79,11 +92,25 @@ def main(argv: list[str] | None = None) -> int:
                 x = nn.max_pool(x, (2, 2), (2, 2))
             return {"logits": nn.Dense(self.num_classes)(x.mean((1, 2)))}
 
-    num_classes = int(config.model.num_classes)
-    if args.model == "small_cnn":
-        model = SmallCNN(num_classes)
-    else:
-        model = build_model(args.model, num_classes=num_classes, **ast.literal_eval(args.model_options))
+    try:  # bad input: one line before any work
+        config = load_config(args.config, [f"--config.{kv}" for kv in args.set] + [f"--config.train.batch_size={args.batch_size}"])
+        if args.render:
+            import ml_collections
+
+            config.data.render = ml_collections.ConfigDict(literal_options(args.render, "--render"))
+        validation.validate(config)
+        try:
+            model_options = dict(ast.literal_eval(args.model_options))
+        except (ValueError, TypeError, SyntaxError):
+            raise ValueError(f"--model-options {args.model_options!r}: expected a Python dict") from None
+        num_classes = int(config.model.num_classes)
+        if args.model == "small_cnn":
+            model = SmallCNN(num_classes)
+        else:
+            model = build_model(args.model, num_classes=num_classes, **model_options)
+    except (ValueError, FileNotFoundError) as err:
+        p.error(str(err))
+    data = factory.make_inputs(config)
 
     def prepare(image_BHWC):
         x = step.model_input(image_BHWC, args.input_size, args.standardize)  # RGB, resized, standardized
@@ -97,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     render_config = data.render_config
 
     @jax.jit
-    def step(state, batch, step_index):
+    def train_step(state, batch, step_index):  # not `step`: that is the module model_input comes from
         params, batch_stats, opt_state = state
         rendered = render_train_batch(batch, render_config)
         x = prepare(rendered["image"])
@@ -125,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     test_x, test_y = jnp.asarray(data.test["image"]), np.asarray(data.test["label"])
     curve, losses, t0 = [], [], time.perf_counter()
     for i in range(1, args.steps + 1):
-        state, loss = step(state, jax.device_put(next(data.train)), i)
+        state, loss = train_step(state, jax.device_put(next(data.train)), i)
         losses.append(float(loss))
         if i % args.eval_every == 0 or i == args.steps:
             accuracy = float(np.mean(np.asarray(predict(state, test_x)) == test_y))
