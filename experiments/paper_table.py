@@ -198,9 +198,21 @@ def main(argv: list[str] | None = None) -> int:
         "methods with none are left out (for a run stopped by a time budget, e.g. experiments/gpu_paper_table.sh)",
     )
     p.add_argument("--note", action="append", default=[], help="a line added to the table's notes (repeatable), e.g. where it was trained")
+    p.add_argument(
+        "--no-fast-cpu-flags",
+        dest="fast_cpu_flags",
+        action="store_false",
+        help="train with jaxlib's XLA defaults (feratt train's option of the same name; the flags are added by default)",
+    )
     p.add_argument("--workdir", required=True, help="parent folder of the runs (method/fold_k)")
     p.add_argument("--out", required=True, help="folder for paper_table.md/.json and the confusion PNGs")
     args = p.parse_args(argv)
+    if args.fast_cpu_flags:
+        # As `feratt train` does, before JAX starts a backend (XLA reads the flags once);
+        # the CPU step is markedly slower without them (docs/performance.md).
+        from feratt_jax import xla_cpu
+
+        xla_cpu.apply_fast_cpu_flags()
 
     from feratt_jax import plots
     from feratt_jax.data.synthfaces import CLASS_NAMES

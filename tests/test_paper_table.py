@@ -131,3 +131,17 @@ def test_bad_input_is_one_line_before_any_work(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("paper_table.py: error: " + message) and not any("Traceback" in line for line in err), err  # argparse: usage, then the error
     assert not workdir.exists() and not out.exists()
+
+
+@pytest.mark.parametrize("opt_out", [False, True])
+def test_the_fast_cpu_flags_are_applied_as_feratt_train_does(tmp_path, monkeypatch, opt_out):
+    """paper_table.py trains in its own process, so it must add the XLA CPU flags itself (it did not)."""
+    from feratt_jax import xla_cpu
+
+    calls = []
+    monkeypatch.setattr(xla_cpu, "apply_fast_cpu_flags", lambda *a, **k: calls.append(1))
+    pt = _paper_table()
+    argv = ["--size", "bogus", "--methods", "preactresnet18", "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "t")]
+    with pytest.raises(SystemExit):  # stops at the config check, after the flags
+        pt.main(argv + ["--no-fast-cpu-flags"] * opt_out)
+    assert calls == ([] if opt_out else [1])
