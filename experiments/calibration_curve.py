@@ -47,7 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--label", default="validation accuracy", help="legend label of this run's curve")
     p.add_argument("--band", default="", metavar="LO,HI", help="shade a target range in percent, e.g. 65,85")
+    p.add_argument(
+        "--start-images",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the run started from another run's checkpoint (train.init_from) that had seen N images: draw its curve from N "
+        "(the JSON keeps the run's own counts and records start_images)",
+    )
     args = p.parse_args(argv)
+    if args.start_images < 0:
+        p.error(f"--start-images {args.start_images}: must be >= 0")
     before = {}
     for item in args.before:
         label, sep, path = item.partition("=")
@@ -56,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(pathlib.Path(path).read_text())
         if "images" not in old or "val_accuracy" not in old:
             p.error(f"--before {path}: not a calibration_curve.py JSON (no images / val_accuracy)")
-        before[label] = ([n / 1000 for n in old["images"]], [100 * a for a in old["val_accuracy"]])
+        start = old.get("start_images", 0)
+        before[label] = ([(start + n) / 1000 for n in old["images"]], [100 * a for a in old["val_accuracy"]])
     from feratt_jax import plots
 
     try:
@@ -79,12 +90,15 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, KeyError, IndexError, ZeroDivisionError, AttributeError) as err:
             p.error(f"--from-json {args.from_json}: not a calibration_curve.py JSON ({type(err).__name__}: {err})")
         summary["workdir_config"] = config
+        args.start_images = args.start_images or old.get("start_images", 0)
+    if args.start_images:
+        summary["start_images"] = args.start_images
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     plots.curves_png(
         out / f"{args.name}.png",
-        [n / 1000 for n in summary["images"]],
+        [(summary.get("start_images", 0) + n) / 1000 for n in summary["images"]],
         {**before, args.label: [100 * a for a in summary["val_accuracy"]]},
         "training images seen (thousands)",
         "validation accuracy (%)",

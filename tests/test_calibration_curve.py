@@ -89,3 +89,34 @@ def test_from_json_recomputes_and_redraws_a_committed_curve_without_its_run(tmp_
     assert "--from-json" in capsys.readouterr().err and not (out / "c.json").exists()
     with pytest.raises(SystemExit):
         cc.main(["--workdir", str(wd), "--from-json", str(bad), "--out", str(out), "--name", "c"])
+
+
+def test_a_run_started_from_a_checkpoint_is_drawn_from_where_it_started(tmp_path, monkeypatch):
+    """--start-images shifts the drawn curve only; the JSON keeps the run's counts, and carries the start to overlays and redraws."""
+    cc = _module()
+    from feratt_jax import plots
+
+    drawn = []
+    draw = plots.curves_png
+
+    def recording_curves_png(path, x, series, *args, **kwargs):
+        drawn.append({name: list(ys[0]) if isinstance(ys, tuple) else list(x) for name, ys in series.items()})
+        return draw(path, x, series, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "curves_png", recording_curves_png)
+    wd = tmp_path / "run"
+    wd.mkdir()
+    (wd / "config.json").write_text(json.dumps({"train": {"batch_size": 8, "num_steps": 40}}))
+    (wd / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "val/accuracy": a}) + "\n" for s, a in ((20, 0.7), (40, 0.8))))
+    out = tmp_path / "out"
+    assert cc.main(["--workdir", str(wd), "--out", str(out), "--name", "fork", "--start-images", "1000"]) == 0
+    got = json.loads((out / "fork.json").read_text())
+    assert got["images"] == [160, 320] and got["start_images"] == 1000
+    assert drawn[-1] == {"validation accuracy": [1.16, 1.32]}  # thousands of images, from 1,000 on
+    assert cc.main(["--workdir", str(wd), "--out", str(out), "--name", "both", "--before", f"fork={out / 'fork.json'}"]) == 0
+    assert drawn[-1] == {"fork": [1.16, 1.32], "validation accuracy": [0.16, 0.32]}
+    assert cc.main(["--from-json", str(out / "fork.json"), "--out", str(out), "--name", "redrawn"]) == 0
+    assert drawn[-1] == {"validation accuracy": [1.16, 1.32]}
+    assert json.loads((out / "redrawn.json").read_text())["start_images"] == 1000
+    with pytest.raises(SystemExit):
+        cc.main(["--workdir", str(wd), "--out", str(out), "--name", "bad", "--start-images", "-1"])
