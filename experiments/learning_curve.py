@@ -29,20 +29,6 @@ import pathlib
 import time
 
 
-def literal_options(items: list[str], flag: str) -> dict:
-    """``["a=1", "b=(2, 3)"]`` -> ``{"a": 1, "b": (2, 3)}``; ValueError naming the item that is not FIELD=LITERAL."""
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        try:
-            if not sep or not key:
-                raise ValueError
-            options[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise ValueError(f"{flag} {item!r}: expected FIELD=VALUE with a Python literal value") from None
-    return options
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="learning_curve.py", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="small_cnn")
@@ -93,11 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             return {"logits": nn.Dense(self.num_classes)(x.mean((1, 2)))}
 
     try:  # bad input: one line before any work
-        config = load_config(args.config, [f"--config.{kv}" for kv in args.set] + [f"--config.train.batch_size={args.batch_size}"])
-        if args.render:
-            import ml_collections
-
-            config.data.render = ml_collections.ConfigDict(literal_options(args.render, "--render"))
+        # --render FIELD=VALUE is the config's own data.render override (configs.apply_overrides).
+        overrides = [f"--config.{kv}" for kv in args.set] + [f"--config.data.render.{kv}" for kv in args.render]
+        config = load_config(args.config, overrides + [f"--config.train.batch_size={args.batch_size}"])
         validation.validate(config)
         try:
             model_options = dict(ast.literal_eval(args.model_options))

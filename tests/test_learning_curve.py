@@ -30,8 +30,7 @@ def test_writes_the_curve_at_each_evaluation(tmp_path, monkeypatch):
     "argv, message",
     [
         (["--render", "downsample_size=12"], "config: RenderConfig: clahe_tiles=8"),
-        (["--render", "downsample_size=1x2"], "--render 'downsample_size=1x2': expected FIELD=VALUE"),
-        (["--render", "downsample_size"], "--render 'downsample_size': expected FIELD=VALUE"),
+        (["--render", "downsample_size"], "override '--config.data.render.downsample_size' is not of the form"),
         (["--set", "data.bogus=1"], "unknown config field 'data.bogus'"),
         (["--model", "bogus"], "unknown model 'bogus'"),
         (["--model", "preactresnet18", "--model-options", "{'zzz': 1}"], "model 'preactresnet18' does not take option(s) ['zzz']"),
