@@ -30,6 +30,7 @@ def test_writes_the_curve_at_each_evaluation(tmp_path, monkeypatch):
     "argv, message",
     [
         (["--render", "downsample_size=12"], "config: RenderConfig: clahe_tiles=8"),
+        (["--render", "downsample_size=1x2"], "config: RenderConfig downsample_size='1x2': expected"),
         (["--render", "downsample_size"], "override '--config.data.render.downsample_size' is not of the form"),
         (["--set", "data.bogus=1"], "unknown config field 'data.bogus'"),
         (["--model", "bogus"], "unknown model 'bogus'"),

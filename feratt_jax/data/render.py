@@ -174,6 +174,10 @@ class RenderConfig:
         unknown = sorted(set(merged) - names)
         if unknown:
             raise ValueError(f"Unknown RenderConfig keys {unknown}; valid keys: {sorted(names)}")
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        for key, value in merged.items():
+            if isinstance(value, str) and "str" not in types[key]:  # an override that did not parse as a literal
+                raise ValueError(f"RenderConfig {key}={value!r}: expected {types[key]}, not a string")
         for key in ("illumination_clip", "lightness_clip", "background_zoom"):
             if key in merged:
                 merged[key] = tuple(float(v) for v in merged[key])
