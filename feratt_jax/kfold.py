@@ -74,7 +74,7 @@ def fold_config(config: ml_collections.ConfigDict, fold: int) -> ml_collections.
     return c
 
 
-def _config_differences(stored: dict[str, Any], wanted: ml_collections.ConfigDict) -> list[str]:
+def config_differences(stored: dict[str, Any], wanted: ml_collections.ConfigDict) -> list[str]:
     """Fields (outside :data:`_IGNORED_FIELDS`) where a fold's stored config differs.
 
     A stored config that predates a newer field counts as having the value that
@@ -167,7 +167,7 @@ def run_kfold(
         if metrics_path.is_file():
             stored_path = fold_dir / "config.json"
             if stored_path.is_file():
-                diff = _config_differences(json.loads(stored_path.read_text()), c)
+                diff = config_differences(json.loads(stored_path.read_text()), c)
                 if diff:
                     raise ValueError(
                         f"{fold_dir} was completed with a different config (differs in {', '.join(diff[:8])}); "
@@ -206,4 +206,4 @@ def _is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-__all__ = ["COLUMNS", "check_folds", "fold_config", "markdown_table", "run_kfold", "summarise", "supported_folds"]
+__all__ = ["COLUMNS", "check_folds", "config_differences", "fold_config", "markdown_table", "run_kfold", "summarise", "supported_folds"]

@@ -79,3 +79,9 @@ def pytest_unconfigure(config):
         import shutil
 
         shutil.rmtree(os.environ["FERATT_TEST_COMPILE_CACHE"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> str:
+    """One face-bank cache folder per test process: every tiny run draws the same bank, built once."""
+    return str(tmp_path_factory.mktemp("facebank_cache"))

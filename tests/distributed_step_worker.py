@@ -22,7 +22,7 @@ if num_processes > 1:
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_train import tiny_config  # noqa: E402
+from trainer_runs import tiny_config  # noqa: E402
 
 from feratt_jax import factory, sharding  # noqa: E402
 

@@ -49,11 +49,6 @@ def _fractions(report: dict, keys=METRIC_KEYS) -> None:
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("cli_facebank_cache"))
-
-
-@pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> pathlib.Path:
     """A ferattentiongmm:tiny workdir trained through the ``feratt train`` command line, this module's own copy."""
     from child_runs import shared_basetemp, trained_once

@@ -12,10 +12,10 @@ from feratt_jax import factory, precise_bn, sharding
 from feratt_jax import train as train_lib
 from feratt_jax.step import model_input
 from feratt_jax.checkpointing import Checkpointer
-from feratt_jax.kfold import _config_differences
+from feratt_jax.kfold import config_differences
 from feratt_jax.models.layers import BatchNorm2d
 
-from test_train import _params, cache_dir, tiny_config  # noqa: F401  (fixture re-export)
+from trainer_runs import restored_params, tiny_config
 
 
 class TwoNorms(nn.Module):
@@ -81,7 +81,7 @@ def test_average_rejects_no_batches_and_bad_shapes():
         precise_bn.average_batch_stats(fn, variables["params"], variables["batch_stats"], [jnp.ones((5, 5, 3))])
 
 
-def test_trainer_option_changes_the_statistics_and_nothing_else(cache_dir, tmp_path):  # noqa: F811
+def test_trainer_option_changes_the_statistics_and_nothing_else(cache_dir, tmp_path):
     plain = tiny_config(cache_dir, num_steps=3, eval_every=2, checkpoint_every=3)
     precise = tiny_config(cache_dir, num_steps=3, eval_every=2, checkpoint_every=3, precise_bn_batches=2)
     summary = train_lib.train_and_evaluate(precise, tmp_path / "precise")
@@ -91,8 +91,8 @@ def test_trainer_option_changes_the_statistics_and_nothing_else(cache_dir, tmp_p
     assert set(summary["data_seconds"]) == {"bank", "backgrounds", "eval_render"} and min(summary["data_seconds"].values()) >= 0
     assert summary["init_state_s"] > 0
 
-    a, data_a = _params(tmp_path / "plain", plain)
-    b, data_b = _params(tmp_path / "precise", precise)
+    a, data_a = restored_params(tmp_path / "plain", plain)
+    b, data_b = restored_params(tmp_path / "precise", precise)
     # The optimisation never reads the running averages: same weights, same data position.
     for x, y in zip(jax.tree.leaves((a.params, a.opt_state)), jax.tree.leaves((b.params, b.opt_state))):
         np.testing.assert_array_equal(x, y)
@@ -107,17 +107,17 @@ def test_trainer_option_changes_the_statistics_and_nothing_else(cache_dir, tmp_p
     assert any(not np.allclose(x, y) for x, y in zip(jax.tree.leaves(a.batch_stats), jax.tree.leaves(b.batch_stats)))
 
 
-def test_negative_batch_count_is_refused(cache_dir, tmp_path):  # noqa: F811
+def test_negative_batch_count_is_refused(cache_dir, tmp_path):
     config = tiny_config(cache_dir, precise_bn_batches=-1)
     with pytest.raises(ValueError, match="precise_bn_batches"):
         train_lib.train_and_evaluate(config, tmp_path)
     assert not Checkpointer(tmp_path).latest_step()
 
 
-def test_kfold_treats_a_config_without_the_field_as_evaluating_with_running_averages(cache_dir):  # noqa: F811
+def test_kfold_treats_a_config_without_the_field_as_evaluating_with_running_averages(cache_dir):
     config = tiny_config(cache_dir)
     stored = config.to_dict()
     del stored["train"]["precise_bn_batches"]
-    assert _config_differences(stored, config) == []
+    assert config_differences(stored, config) == []
     config.train.precise_bn_batches = 4
-    assert _config_differences(stored, config) == ["train.precise_bn_batches"]
+    assert config_differences(stored, config) == ["train.precise_bn_batches"]

@@ -33,11 +33,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(REPO / "experiments" / "configs" / "preactresnet18.py") + ":tiny"
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("facebank_cache"))
-
-
 def small_config(cache_dir: str, **train):
     """PreActResNet18 at width 8 on the tiny data: a checkpoint is ~3 MB, a step well under a second."""
     c = configs.load_config(TINY)

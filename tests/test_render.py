@@ -177,13 +177,13 @@ def test_sharded_batch_renders_the_same(inputs, rendered):
 
 
 def test_rng_forms(inputs):
-    from feratt_jax.data.render import _per_sample_keys
+    from feratt_jax.data.render import per_sample_keys
 
-    assert _per_sample_keys(jax.random.key(0), 4).shape == (4,)
-    assert _per_sample_keys(jax.random.PRNGKey(0), 4).shape == (4, 2)
-    assert _per_sample_keys(jax.random.split(jax.random.key(0), 4), 4).shape == (4,)
+    assert per_sample_keys(jax.random.key(0), 4).shape == (4,)
+    assert per_sample_keys(jax.random.PRNGKey(0), 4).shape == (4, 2)
+    assert per_sample_keys(jax.random.split(jax.random.key(0), 4), 4).shape == (4,)
     with pytest.raises(ValueError, match="batch of 4 keys"):
-        _per_sample_keys(jax.random.split(jax.random.key(0), 3), 4)
+        per_sample_keys(jax.random.split(jax.random.key(0), 3), 4)
 
 
 def test_config_validation_errors():

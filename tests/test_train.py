@@ -27,34 +27,9 @@ from feratt_jax.checkpointing import Checkpointer
 from feratt_jax.data import synthfaces
 from feratt_jax.step import as_rgb, evaluate_split
 
+from trainer_runs import restored_params, tiny_config
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("facebank_cache"))
-
-
-def tiny_config(cache_dir: str, model: str = "preactresnet18", **train_overrides):
-    c = configs.load_config(str(REPO / "experiments" / "configs" / f"{model}.py") + ":tiny")
-    c.data.cache_dir = cache_dir
-    c.data.loader = "numpy"  # no worker threads: deterministic and cheap in tests
-    c.train.eval_every = 1000
-    c.train.image_log_every = 0
-    for k, v in train_overrides.items():
-        c.train[k] = v
-    return c
-
-
-def _params(workdir, config):
-    """Latest checkpoint's params as numpy, restored through the real code path."""
-    data = factory.make_inputs(config)
-    _, _, _, init_state = factory.build_training(config, data.config.image_size)
-    abstract, _ = factory.abstract_train_state(init_state, sharding.make_mesh())
-    ckpt = Checkpointer(workdir)
-    state, data_state, meta = ckpt.restore_latest(abstract)
-    ckpt.close()
-    return jax.device_get(state), data_state
 
 
 # ---------------------------------------------------------------- one step
@@ -149,8 +124,8 @@ def test_resume_is_bit_identical_to_a_straight_run(cache_dir, tmp_path):
         train_lib.train_and_evaluate(c, resumed_dir)
     assert Checkpointer(resumed_dir).latest_step() == 4
 
-    a, data_a = _params(tmp_path / "straight", straight)
-    b, data_b = _params(resumed_dir, straight)
+    a, data_a = restored_params(tmp_path / "straight", straight)
+    b, data_b = restored_params(resumed_dir, straight)
     assert int(a.step) == int(b.step) == 4
     for x, y in zip(jax.tree.leaves((a.params, a.batch_stats, a.opt_state)), jax.tree.leaves((b.params, b.batch_stats, b.opt_state))):
         np.testing.assert_array_equal(x, y)
@@ -208,13 +183,13 @@ def test_sigterm_finishes_the_step_saves_and_exits(cache_dir, tmp_path):
     assert saved == result["stopped_at_step"] >= 1
     # The stop-on-signal checkpoint records the batch the next step consumes
     # (step k consumes batch k - 1), not the one prefetched after it.
-    _, data_state = _params(tmp_path, config)
+    _, data_state = restored_params(tmp_path, config)
     assert data_state == {"next_index": saved}
 
 
 def test_injected_nan_stops_with_the_term_name_and_keeps_the_checkpoint(cache_dir, tmp_path, monkeypatch):
     train_lib.train_and_evaluate(tiny_config(cache_dir, num_steps=2), tmp_path)
-    good, _ = _params(tmp_path, tiny_config(cache_dir))
+    good, _ = restored_params(tmp_path, tiny_config(cache_dir))
 
     real = losses_lib.feratt_losses
 
@@ -227,7 +202,7 @@ def test_injected_nan_stops_with_the_term_name_and_keeps_the_checkpoint(cache_di
     with pytest.raises(FloatingPointError, match=r"'cross_entropy' became nan at step 3.*step 2\) is intact"):
         train_lib.train_and_evaluate(tiny_config(cache_dir, num_steps=4), tmp_path)
     assert Checkpointer(tmp_path).latest_step() == 2
-    after, _ = _params(tmp_path, tiny_config(cache_dir))
+    after, _ = restored_params(tmp_path, tiny_config(cache_dir))
     for x, y in zip(jax.tree.leaves(good.params), jax.tree.leaves(after.params)):
         np.testing.assert_array_equal(x, y)
 
@@ -240,7 +215,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous(cache_dir, tmp_p
     assert files, "expected array files in the newest checkpoint"
     for p in files:
         p.write_bytes(p.read_bytes()[: max(1, p.stat().st_size // 3)])
-    state, _ = _params(tmp_path, config)
+    state, _ = restored_params(tmp_path, config)
     assert int(state.step) == 1
     assert "step 2" in capsys.readouterr().out
 
@@ -318,7 +293,7 @@ def test_early_stopping_and_plateau_survive_resume(cache_dir, tmp_path, capsys):
     assert stop["stopped"] and straight["step"] < 12, straight
     assert f"early stopping at step {straight['step']}: validation accuracy has not improved for 2 evaluations" in said
     assert stop["evals_without_improvement"] == 2 and stop["best_step"] == straight["step"] - 2
-    a, _ = _params(tmp_path / "straight", config(12))
+    a, _ = restored_params(tmp_path / "straight", config(12))
     assert float(a.opt_state[-1].scale) < 1.0  # the plateau cut the rate at least once
     # The validation confusion matrix went to TensorBoard as an image at each evaluation (eval_every=1).
     events = b"".join(p.read_bytes() for p in (tmp_path / "straight" / "tensorboard").glob("events*"))
@@ -332,7 +307,7 @@ def test_early_stopping_and_plateau_survive_resume(cache_dir, tmp_path, capsys):
     assert "stopped" not in first.get("early_stopping", {}) or not first["early_stopping"]["stopped"]
     again = train_lib.train_and_evaluate(config(12), resumed_dir)
     assert again["step"] == straight["step"] and again["early_stopping"] == stop
-    b, _ = _params(resumed_dir, config(12))
+    b, _ = restored_params(resumed_dir, config(12))
     for x, y in zip(jax.tree.leaves((a.params, a.opt_state)), jax.tree.leaves((b.params, b.opt_state))):
         np.testing.assert_array_equal(x, y)
     # Resuming a run that already stopped early trains no further.

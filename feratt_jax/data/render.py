@@ -576,7 +576,7 @@ def prepare_faces(faces_BHW: jax.Array, masks_BHW: jax.Array, config: RenderConf
     return face_u * alpha_s, alpha_s
 
 
-def _per_sample_keys(rng: jax.Array, batch: int) -> jax.Array:
+def per_sample_keys(rng: jax.Array, batch: int) -> jax.Array:
     """One key per sample from a single key or a batch of keys (typed or raw uint32)."""
     rng = jnp.asarray(rng) if not isinstance(rng, jax.Array) else rng
     typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
@@ -618,7 +618,7 @@ def render_batch(
     """
     b = faces_BHW.shape[0]
     s = config.image_size
-    keys = _per_sample_keys(rng, b)
+    keys = per_sample_keys(rng, b)
     sub = jax.vmap(lambda k: jax.random.split(k, 6))(keys)  # (B, 6) keys
     k_geo, k_bg, k_clahe, k_noise, k_blur, k_nb = (sub[:, i] for i in range(6))
 
