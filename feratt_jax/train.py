@@ -259,7 +259,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
                     writer.scalars(step, means, prefix="train/")
                     progress.set_postfix(loss=f"{means['loss/total']:.3f}", acc=f"{means['accuracy']:.2f}")
                 if tc.image_log_every and step % tc.image_log_every == 0:
-                    _log_images(writer, eval_step, state, data.val, step, tc.eval_batch_size, mesh)
+                    log_images(writer, eval_step, state, data.val, step, tc.eval_batch_size, mesh)
                 if step % tc.eval_every == 0 or step == tc.num_steps:
                     if recalibrate_bn is not None:
                         # Training never reads the running averages, so replacing
@@ -378,7 +378,7 @@ def _merge_checked(target: Any, source: Any, what: str) -> Any:
     return flax.traverse_util.unflatten_dict({k: jnp.asarray(v, flat_t[k].dtype) for k, v in flat_s.items()}, sep="/")
 
 
-def _log_images(writer: MetricWriter, eval_step, state: TrainState, arrays: Mapping[str, np.ndarray], step: int, batch_size: int, mesh: Any, n: int = 8) -> None:
+def log_images(writer: MetricWriter, eval_step, state: TrainState, arrays: Mapping[str, np.ndarray], step: int, batch_size: int, mesh: Any, n: int = 8) -> None:
     """The first ``n`` images of ``arrays`` with the model's reconstruction and attention, to TensorBoard.
 
     The images go through :func:`predict_dataset` at the evaluation batch size:

@@ -154,7 +154,7 @@ def test_image_log_reuses_the_evaluation_program(cache_dir):
     evaluate_split(training.eval_step, state, data.val, 16, mesh, config.model.num_classes)
     compiled = training.eval_step._cache_size()
     writer = _RecordingWriter()
-    train_lib._log_images(writer, training.eval_step, state, data.val, 3, 16, mesh)
+    train_lib.log_images(writer, training.eval_step, state, data.val, 3, 16, mesh)
     assert training.eval_step._cache_size() == compiled
     [(step, panels)] = writer.logged
     assert step == 3 and sorted(panels) == ["images/composite", "images/target_face"]  # the baseline has no attention
