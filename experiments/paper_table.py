@@ -96,13 +96,15 @@ def checked_configs(stems: list[str], size: str, overrides: list[str], folds: in
 
 
 def finished_folds(method_dir: pathlib.Path, folds: int) -> int:
-    """How many folds ``0..k-1`` of a method are finished (their ``eval/metrics.json`` written), at most ``folds``.
+    """How many folds ``0..k-1`` of a method are finished (the trainer's summary written), at most ``folds``.
 
     A gap ends the count: the table's folds are always the first k, so two
     methods with k folds were tested on the same subjects.
     """
+    from feratt_jax.kfold import finished_run
+
     k = 0
-    while k < folds and (pathlib.Path(method_dir) / f"fold_{k}" / "eval" / "metrics.json").is_file():
+    while k < folds and finished_run(pathlib.Path(method_dir) / f"fold_{k}" / "eval" / "metrics.json"):
         k += 1
     return k
 

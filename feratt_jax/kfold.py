@@ -127,6 +127,15 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def finished_run(metrics_path: pathlib.Path) -> bool:
+    """Whether ``eval/metrics.json`` is the trainer's final summary, i.e. the fold trained to its end.
+
+    ``feratt eval`` writes the same file for a run stopped part-way (its splits
+    only); the trainer's summary alone records the ``step`` training ended at.
+    """
+    return metrics_path.is_file() and "step" in json.loads(metrics_path.read_text())
+
+
 def run_kfold(
     config: ml_collections.ConfigDict,
     folds: int,
@@ -164,7 +173,7 @@ def run_kfold(
         c = fold_config(config, k)
         fold_dir = workdir / f"fold_{k}"
         metrics_path = fold_dir / "eval" / "metrics.json"
-        if metrics_path.is_file():
+        if finished_run(metrics_path):
             stored_path = fold_dir / "config.json"
             if stored_path.is_file():
                 diff = config_differences(json.loads(stored_path.read_text()), c)
@@ -176,6 +185,8 @@ def run_kfold(
             summary = json.loads(metrics_path.read_text())
             log(f"fold {k}/{folds}: already done ({metrics_path}); skipping")
         else:
+            if metrics_path.is_file():
+                log(f"fold {k}/{folds}: {metrics_path} is an evaluation of an unfinished run (feratt eval), not the trainer's summary; resuming its training")
             log(f"fold {k}/{folds}: training in {fold_dir}")
             summary = train_fn(c, fold_dir)
             if "test" not in summary:
@@ -206,4 +217,4 @@ def _is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-__all__ = ["COLUMNS", "check_folds", "config_differences", "fold_config", "markdown_table", "run_kfold", "summarise", "supported_folds"]
+__all__ = ["COLUMNS", "check_folds", "config_differences", "finished_run", "fold_config", "markdown_table", "run_kfold", "summarise", "supported_folds"]

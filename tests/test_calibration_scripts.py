@@ -158,7 +158,7 @@ def _fake_fold(fold_dir, val_by_step, *, render=None, test=None, precision="defa
     (fold_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     if test is not None:
         (fold_dir / "eval").mkdir()
-        report = {"test": {"accuracy": test}, "device_kind": "fake", "default_matmul_precision": precision}
+        report = {"step": num_steps, "test": {"accuracy": test}, "device_kind": "fake", "default_matmul_precision": precision}
         (fold_dir / "eval" / "metrics.json").write_text(json.dumps(report))
 
 

@@ -291,6 +291,33 @@ def test_kfold_stops_cleanly_when_a_fold_is_interrupted(tmp_path):
     assert config.data.fold == 0  # the caller's config is not modified
 
 
+def test_kfold_resumes_a_stopped_fold_that_feratt_eval_has_evaluated(tmp_path):
+    # A fold stopped by SIGTERM and then evaluated by hand (`feratt eval --split
+    # test`) has an eval/metrics.json of splits only. It once counted as done:
+    # the table reported the part-trained fold and its training never resumed.
+    from feratt_jax import configs
+    from feratt_jax.kfold import run_kfold
+
+    (tmp_path / "fold_0" / "eval").mkdir(parents=True)
+    partial = {"test": {key: 0.25 for key in METRIC_KEYS} | {"num_examples": 16, "checkpoint_step": 3}}
+    (tmp_path / "fold_0" / "eval" / "metrics.json").write_text(json.dumps(partial))
+    trained, lines = [], []
+
+    def fake_train(config, workdir):
+        trained.append(workdir.name)
+        summary = {"step": 8, "best_val_accuracy": 0.5, "test": {key: 0.75 for key in METRIC_KEYS} | {"num_examples": 16}}
+        (workdir / "eval" / "metrics.json").write_text(json.dumps(summary))
+        return summary
+
+    result = run_kfold(configs.load_config(PREACT_TINY), 1, tmp_path, train_fn=fake_train, log=lines.append)
+    assert trained == ["fold_0"]
+    assert result["per_fold"][0]["step"] == 8 and result["per_fold"][0]["accuracy"] == 0.75
+    assert any("unfinished run" in line for line in lines)
+    # Once the trainer has written its summary, a rerun skips the fold.
+    run_kfold(configs.load_config(PREACT_TINY), 1, tmp_path, train_fn=fake_train, log=lines.append)
+    assert trained == ["fold_0"]
+
+
 def test_kfold_with_too_many_folds_is_a_clear_error(capsys, tmp_path):
     rc = main(["kfold", "--config", PREACT_TINY, "--folds", "5", "--workdir", str(tmp_path / "kf")])
     assert rc == 2

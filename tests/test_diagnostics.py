@@ -205,7 +205,7 @@ def test_a_run_stopped_after_its_first_fold_keeps_that_folds_tables(tmp_path, mo
     # experiments/gpu_paper_table.sh stops the script at a time budget: what it finished must be on disk.
     for k in (0, 1):
         (tmp_path / "runs" / "preactresnet18" / f"fold_{k}" / "eval").mkdir(parents=True)
-        (tmp_path / "runs" / "preactresnet18" / f"fold_{k}" / "eval" / "metrics.json").write_text("{}")
+        (tmp_path / "runs" / "preactresnet18" / f"fold_{k}" / "eval" / "metrics.json").write_text('{"step": 10}')
     row = {"workdir": "w", "recorded_test_accuracy": 0.5, "best": {"step": 10, "running_bn": 0.5, "precise_bn": 0.625, "test_batch_bn": 0.75}, "latest": None}
     calls = []
 

@@ -17,8 +17,8 @@ def _paper_table():
 
 def _fold(tmp_path: pathlib.Path, k: int, cm: list[list[int]], speed: float = 0.0, val: tuple[float, ...] = (0.2, 0.4, 0.5, 0.51)) -> dict:
     d = tmp_path / f"fold_{k}"
-    (d / "eval").mkdir(parents=True)
-    (d / "eval" / "metrics.json").write_text(json.dumps({"test": {"confusion_matrix": cm}, "train_images_per_s": speed}))
+    (d / "eval").mkdir(parents=True, exist_ok=True)
+    (d / "eval" / "metrics.json").write_text(json.dumps({"step": 100 * len(val), "test": {"confusion_matrix": cm}, "train_images_per_s": speed}))
     (d / "config.json").write_text(json.dumps({"train": {"batch_size": 4, "num_steps": 100 * len(val)}}))
     (d / "metrics.jsonl").write_text("".join(json.dumps({"step": 100 * (i + 1), "val/accuracy": a}) + "\n" for i, a in enumerate(val)))
     return {"fold": k, "workdir": str(d)}
@@ -74,7 +74,10 @@ def test_a_budget_stopped_run_is_tabled_from_its_first_finished_folds(tmp_path):
     method = tmp_path / "ferattention"
     _fold(method, 0, [[1]])
     _fold(method, 2, [[1]])  # fold 1 was stopped by the budget: fold 2 must not count
-    (method / "fold_1").mkdir()
+    (method / "fold_1" / "eval").mkdir(parents=True)
+    assert pt.finished_folds(method, 5) == 1
+    # A stopped fold evaluated by hand (feratt eval: splits only) is not finished either.
+    (method / "fold_1" / "eval" / "metrics.json").write_text(json.dumps({"test": {"confusion_matrix": [[1]]}}))
     assert pt.finished_folds(method, 5) == 1
     _fold(method, 1, [[1]])
     assert pt.finished_folds(method, 5) == 3 and pt.finished_folds(method, 2) == 2
