@@ -46,7 +46,7 @@ import numpy as np
 from feratt_jax import losses as losses_lib
 from feratt_jax.evaluate import attention_grid
 from feratt_jax.factory import build_training, loss_options, make_inputs, make_render, model_input_fn
-from feratt_jax.kfold import finished_run
+from feratt_jax.kfold import finished_summary
 from feratt_jax.models.feratt import backbone_input, make_backbone
 from feratt_jax.models.layers import normalize_layer
 from feratt_jax.plots import attention_map
@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
             report["methods"] = old["methods"]
     for method in args.methods:
         finished = sorted(
-            (int(d.name.split("_")[1]), d) for d in (root / method).glob("fold_*") if finished_run(d / "eval" / "metrics.json")
+            (int(d.name.split("_")[1]), d) for d in (root / method).glob("fold_*") if finished_summary(d / "eval" / "metrics.json") is not None
         )
         if args.folds is not None:
             finished = [(k, d) for k, d in finished if k in args.folds]

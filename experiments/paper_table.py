@@ -101,10 +101,10 @@ def finished_folds(method_dir: pathlib.Path, folds: int) -> int:
     A gap ends the count: the table's folds are always the first k, so two
     methods with k folds were tested on the same subjects.
     """
-    from feratt_jax.kfold import finished_run
+    from feratt_jax.kfold import finished_summary
 
     k = 0
-    while k < folds and finished_run(pathlib.Path(method_dir) / f"fold_{k}" / "eval" / "metrics.json"):
+    while k < folds and finished_summary(pathlib.Path(method_dir) / f"fold_{k}" / "eval" / "metrics.json") is not None:
         k += 1
     return k
 

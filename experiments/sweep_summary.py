@@ -56,13 +56,12 @@ def distinguishing_fields(flat_by_job: dict[str, dict[str, Any]]) -> dict[str, d
 
 def fold_row(fold_dir: pathlib.Path) -> dict[str, Any]:
     """One fold: its validation curve, and its test accuracy and device when it finished."""
-    from feratt_jax.kfold import finished_run
+    from feratt_jax.kfold import finished_summary
     from feratt_jax.learning_curves import read_validation_curve
 
     row: dict[str, Any] = {"fold": fold_dir.name, "curve": read_validation_curve(fold_dir), "test_accuracy": None}
-    report = fold_dir / "eval" / "metrics.json"
-    if finished_run(report):
-        summary = json.loads(report.read_text())
+    summary = finished_summary(fold_dir / "eval" / "metrics.json")
+    if summary is not None:
         row["test_accuracy"] = summary["test"]["accuracy"]
         row["device_kind"] = summary.get("device_kind")
         row["default_matmul_precision"] = summary.get("default_matmul_precision")

@@ -127,13 +127,16 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def finished_run(metrics_path: pathlib.Path) -> bool:
-    """Whether ``eval/metrics.json`` is the trainer's final summary, i.e. the fold trained to its end.
+def finished_summary(metrics_path: pathlib.Path) -> dict[str, Any] | None:
+    """The trainer's final summary at ``eval/metrics.json``, or None when the fold has not trained to its end.
 
     ``feratt eval`` writes the same file for a run stopped part-way (its splits
     only); the trainer's summary alone records the ``step`` training ended at.
     """
-    return metrics_path.is_file() and "step" in json.loads(metrics_path.read_text())
+    if not metrics_path.is_file():
+        return None
+    summary = json.loads(metrics_path.read_text())
+    return summary if "step" in summary else None
 
 
 def run_kfold(
@@ -173,7 +176,8 @@ def run_kfold(
         c = fold_config(config, k)
         fold_dir = workdir / f"fold_{k}"
         metrics_path = fold_dir / "eval" / "metrics.json"
-        if finished_run(metrics_path):
+        summary = finished_summary(metrics_path)
+        if summary is not None:
             stored_path = fold_dir / "config.json"
             if stored_path.is_file():
                 diff = config_differences(json.loads(stored_path.read_text()), c)
@@ -182,7 +186,6 @@ def run_kfold(
                         f"{fold_dir} was completed with a different config (differs in {', '.join(diff[:8])}); "
                         "use a new --workdir, or delete that fold to retrain it"
                     )
-            summary = json.loads(metrics_path.read_text())
             log(f"fold {k}/{folds}: already done ({metrics_path}); skipping")
         else:
             if metrics_path.is_file():
@@ -217,4 +220,4 @@ def _is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-__all__ = ["COLUMNS", "check_folds", "config_differences", "finished_run", "fold_config", "markdown_table", "run_kfold", "summarise", "supported_folds"]
+__all__ = ["COLUMNS", "check_folds", "config_differences", "finished_summary", "fold_config", "markdown_table", "run_kfold", "summarise", "supported_folds"]
