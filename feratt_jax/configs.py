@@ -280,7 +280,37 @@ def benchmark(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-SIZES = {"": lambda c: c, "full": lambda c: c, "quick": quick, "tiny": tiny, "benchmark": benchmark}
+# The calibrated size's schedule: the constant rate to this step, then a tenfold cut, as the
+# calibration run and its fork were trained (docs/training.md section 0).
+CALIBRATED_CUT_STEP = 19_000
+CALIBRATED_STEPS = 21_000
+
+
+def calibrated(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The benchmark size on the calibrated data: its converged baseline lands in the paper's range.
+
+    The ``benchmark`` size with the ``degraded16`` renderer preset (the
+    ``train`` geometry, every composite resampled through 16 px and given
+    noise and blur) for training and evaluation, validation on 1,024
+    composites, and the schedule the calibration measured: 1e-3 to step
+    19,000, then 1e-4 to 21,000. On fold 0 the baseline's constant-rate run
+    and its 1e-4 fork from the step-19,000 checkpoint plateaued at test
+    75.8 % (the paper's synthetic baseline rows: 69.4 and 77.6 %). A straight
+    run of this schedule differs from that measurement in one way: Adam's
+    moments and the composite stream carry on across the cut instead of
+    restarting. Hours per fold on a 2-core CPU; the size for an accelerator.
+    """
+    c = benchmark(c)
+    c.data.render_preset = c.data.eval_render_preset = "degraded16"
+    c.data.val_size = 1024
+    c.optimizer.schedule = "step"
+    c.optimizer.step_size = CALIBRATED_CUT_STEP
+    c.optimizer.step_gamma = 0.1
+    c.train.num_steps = CALIBRATED_STEPS
+    return c
+
+
+SIZES = {"": lambda c: c, "full": lambda c: c, "quick": quick, "tiny": tiny, "benchmark": benchmark, "calibrated": calibrated}
 
 # The paper's table settings (docs/reference.md 6): dataset -> (classes, subjects).
 PAPER_DATASETS = {"ckplus": (8, 123), "bu3dfe": (7, 100)}

@@ -99,6 +99,42 @@ def test_benchmark_size_is_the_calibration_run():
     assert bench == cand
 
 
+def test_calibrated_size_is_the_measured_calibration_run():
+    # The `calibrated` size stands for the committed runs of cpu_ds16_nb1 (constant rate) and
+    # cpu_ds16_nb1_decay (the tenfold cut from its best checkpoint); their configs are in the
+    # committed curve JSONs. If the size drifts from them, their figures no longer describe it.
+    from feratt_jax import configs, optimizers
+    from feratt_jax.data.pipeline import DataConfig
+
+    results = experiment_scripts.EXPERIMENTS / "results" / "benchmark_calibration"
+    constant = json.loads((results / "cpu_ds16_nb1" / "baseline_ds16_nb1_cpu.json").read_text())["workdir_config"]
+    cut = json.loads((results / "cpu_ds16_nb1_decay" / "baseline_ds16_nb1_decay_cpu.json").read_text())["workdir_config"]
+    cut_from = json.loads((results / "cpu_ds16_nb1" / "baseline_ds16_nb1_cpu_test.json").read_text())["test"]["checkpoint_step"]
+    cut_best = json.loads((results / "cpu_ds16_nb1_decay" / "baseline_ds16_nb1_decay_cpu_test.json").read_text())["test"]["checkpoint_step"]
+    size = configs.named_config("preactresnet18", "calibrated").to_dict()
+
+    ran, now = DataConfig.from_dict(constant["data"]), DataConfig.from_dict(size["data"])
+    assert now.render_config() == ran.render_config(), "training composites differ from the calibration run's"
+    assert now.eval_render_config() == ran.eval_render_config(), "validation/test composites differ from the calibration run's"
+    assert now.render_config().downsample_size == 16 and now.render_config().noise_blur_prob == 1.0
+    for field in ("num_subjects", "subjects_per_fold", "val_size", "test_size", "image_size", "fold", "face_seed", "eval_seed"):
+        assert getattr(now, field) == getattr(ran, field), field
+    assert now.generator_config() == ran.generator_config()
+    assert size["model"] == constant["model"] == cut["model"]
+    assert size["train"]["batch_size"] == constant["train"]["batch_size"]
+
+    opt = size["optimizer"]
+    rate = optimizers.learning_rate_schedule(
+        opt["schedule"], opt["learning_rate"], size["train"]["num_steps"], step_size=opt["step_size"], step_gamma=opt["step_gamma"]
+    )
+    # 1e-3 up to the checkpoint the cut started from (step 19,000), 1e-4 after it, as the two runs.
+    assert opt["step_size"] == cut_from == 19000
+    assert float(rate(cut_from - 1)) == pytest.approx(constant["optimizer"]["learning_rate"]) == pytest.approx(1e-3)
+    assert float(rate(cut_from)) == pytest.approx(cut["optimizer"]["learning_rate"]) == pytest.approx(1e-4)
+    assert float(rate(size["train"]["num_steps"] - 1)) == pytest.approx(1e-4)  # one cut only
+    assert size["train"]["num_steps"] >= cut_from + cut_best  # reaches the cut run's best checkpoint
+
+
 @pytest.mark.parametrize("jobs_name", sorted(p.name for p in experiment_scripts.EXPERIMENTS.glob("calibration_sweep_gpu*.txt")))
 def test_committed_gpu_jobs_build_valid_configs(jobs_name):
     """Every job of a committed GPU jobs file must pass config validation here, not fail on the device.
