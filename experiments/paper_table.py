@@ -20,7 +20,9 @@ checkpoints, a finished fold is not retrained) and writes, to ``--out``:
 
 Sizes: ``--size full`` is the reference's setting (90,000 steps of batch 32 per
 fold: a GPU job); ``--size quick`` is the CPU setting of the README's main job;
-``--steps`` / ``--set`` override any field for all three methods, and the
+``--size benchmark`` the paper's dataset size on the ``train`` preset; ``--size calibrated``
+that on the calibrated data and schedule (docs/training.md section 0: its baseline converges
+inside the paper's baseline range, at 21,000 steps per fold); ``--steps`` / ``--set`` override any field for all three methods, and the
 table records every override, so a smaller run never passes for the full one.
 
     # The CPU table committed under experiments/results/paper_table_cpu/ (hours on 2 cores;
@@ -182,7 +184,7 @@ def table_markdown(rows: list[dict[str, Any]], command: str, notes: list[str]) -
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="paper_table.py", description=__doc__.splitlines()[0])
-    p.add_argument("--size", default="quick", help="config size: full, quick or tiny (default quick)")
+    p.add_argument("--size", default="quick", help="config size: full, quick, tiny, benchmark or calibrated (default quick)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--steps", type=int, default=0, help="train.num_steps for every method (0 = the size's)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="config override for every method, e.g. train.batch_size=16")
