@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="paper_table.py", description=__doc__.splitlines()[0])
     p.add_argument("--size", default="quick", help="config size: full, quick, tiny, benchmark or calibrated (default quick)")
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--steps", type=int, default=0, help="train.num_steps for every method (0 = the size's)")
+    p.add_argument("--steps", type=int, default=0, help="train.num_steps for every method (0 = the size's); a step schedule's cut stays at optimizer.step_size")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="config override for every method, e.g. train.batch_size=16")
     p.add_argument(
         "--methods",

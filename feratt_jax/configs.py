@@ -299,6 +299,8 @@ def calibrated(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     run of this schedule differs from that measurement in one way: Adam's
     moments and the composite stream carry on across the cut instead of
     restarting. Hours per fold on a 2-core CPU; the size for an accelerator.
+    Overriding ``train.num_steps`` (``paper_table.py --steps``) moves the
+    end, not the cut: set ``optimizer.step_size`` with it.
     """
     c = benchmark(c)
     c.data.render_preset = c.data.eval_render_preset = "degraded16"
