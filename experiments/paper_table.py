@@ -20,10 +20,12 @@ checkpoints, a finished fold is not retrained) and writes, to ``--out``:
 
 Sizes: ``--size full`` is the reference's setting (90,000 steps of batch 32 per
 fold: a GPU job); ``--size quick`` is the CPU setting of the README's main job;
-``--size benchmark`` the paper's dataset size on the ``train`` preset; ``--size calibrated``
-that on the calibrated data and schedule (docs/training.md section 0: its baseline converges
-inside the paper's baseline range, at 21,000 steps per fold); ``--steps`` / ``--set`` override any field for all three methods, and the
-table records every override, so a smaller run never passes for the full one.
+``--size benchmark`` is the paper's dataset size on the ``train`` preset;
+``--size calibrated`` is that on the calibrated data and schedule (its baseline
+converges inside the paper's baseline range at 21,000 steps per fold:
+docs/training.md section 0). ``--steps`` / ``--set`` override any field for
+all methods, and the table records every override, so a smaller run never
+passes for the full one.
 
     # The CPU table committed under experiments/results/paper_table_cpu/ (hours on 2 cores;
     # evaluated with BN running averages, the reference's protocol):
