@@ -150,7 +150,9 @@ def _add_data(subparsers: argparse._SubParsersAction) -> None:
     pv = sub.add_parser(
         "preview",
         help="write a PNG grid of faces, composites, masks and labels",
-        description="Render a few synthetic faces of every class and write a PNG contact sheet.",
+        description="Render a few synthetic faces of every class and write a PNG contact sheet. "
+        "--config.data.FIELD=VALUE overrides apply to the config's data section (the packaged ferattention "
+        "config's without --config), e.g. --config.data.face_scene_prob=1.0 or --config.data.render.downsample_size=16.",
     )
     pv.add_argument("--out", required=True, help="output PNG path")
     pv.add_argument(
@@ -160,8 +162,10 @@ def _add_data(subparsers: argparse._SubParsersAction) -> None:
     )
     pv.add_argument("--subjects", type=int, default=2, help="number of subjects shown (default 2)")
     pv.add_argument("--seed", type=int, default=0, help="render seed (default 0)")
-    pv.add_argument("--preset", default=None, help="renderer preset: train, eval or identity (default: the config's)")
-    pv.set_defaults(func=_run_data_preview)
+    pv.add_argument(
+        "--preset", default=None, help="renderer preset, a key of feratt_jax.data.render.PRESETS (default: the config's)"
+    )
+    pv.set_defaults(func=_run_data_preview, accepts_overrides=True)
 
     pr = sub.add_parser(
         "prepare",
@@ -210,10 +214,10 @@ def _run_data_preview(args: argparse.Namespace) -> int:
     from feratt_jax.data.preview import write_preview
 
     config = None
-    if args.config:
+    if args.config or args.overrides:
         from feratt_jax.configs import load_config
 
-        config = load_config(args.config)
+        config = load_config(args.config or "ferattention", args.overrides)
     path = write_preview(args.out, config, num_subjects=args.subjects, seed=args.seed, preset=args.preset)
     print(f"wrote {path}")
     return 0

@@ -336,6 +336,43 @@ def test_data_preview(capsys, tmp_path):
     _png(out)
 
 
+def test_data_preview_takes_data_overrides(monkeypatch, tmp_path):
+    """`--config.data.*` reaches the renderer and the background pool, with or without --config."""
+    from feratt_jax.data import preview
+
+    seen = []
+    monkeypatch.setattr(preview, "write_preview", lambda out, config, **kw: seen.append(config) or pathlib.Path(out))
+    out = str(tmp_path / "p.png")
+    assert main(["data", "preview", "--out", out, "--config", PREACT_TINY, "--config.data.render.downsample_size=16"]) == 0
+    assert main(["data", "preview", "--out", out, "--config.data.face_scene_prob", "0.75"]) == 0
+    first, second = (preview._as_data_config(c) for c in seen)
+    assert first.render_config().downsample_size == 16
+    assert first.num_subjects == 16  # the tiny size's data section, not the defaults
+    assert second.face_scene_prob == 0.75 and second.render_config().downsample_size == 48
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--config.data.render.bogus=1"], "Unknown RenderConfig keys ['bogus']"),
+        (["--config.data.bogus=1"], "unknown config field 'data.bogus'"),
+        (["--preset", "nosuch"], "unknown render preset 'nosuch'"),
+    ],
+)
+def test_data_preview_bad_input_stops_before_any_face_is_drawn(monkeypatch, capsys, tmp_path, bad, message):
+    from feratt_jax.data import synthfaces
+
+    def no_faces(*args, **kwargs):
+        raise AssertionError("a face was drawn before the override was checked")
+
+    monkeypatch.setattr(synthfaces, "generate_face", no_faces)
+    out = tmp_path / "p.png"
+    assert main(["data", "preview", "--out", str(out), "--config", PREACT_TINY, *bad]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("feratt data preview: error: ") and message in err and "\n" not in err
+    assert not out.exists()
+
+
 def test_info(capsys):
     assert main(["info", "--model", "ferattentiongmm", "--num-classes", "8", "--no-flops"]) == 0
     summary = json.loads(capsys.readouterr().out)

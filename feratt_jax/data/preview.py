@@ -65,6 +65,8 @@ def write_preview(
     cfg = _as_data_config(config)
     if num_subjects < 1:
         raise ValueError(f"num_subjects must be >= 1, got {num_subjects}")
+    # Both configs before any face is drawn: a bad preset or override field stops here.
+    rcfg = cfg.render_config(preset)
     gen = cfg.generator_config()
     n_cls = cfg.num_classes
     records = []
@@ -80,7 +82,6 @@ def write_preview(
     n = len(records)
     bgs = pool.sample(rng, n)
     seeds = rng.integers(0, 2**32, size=n, dtype=np.uint64).astype(np.uint32)
-    rcfg = cfg.render_config(preset)
     out = jax.device_get(render_batch(bank["image"], bank["mask"], bgs, bank["label"], keys_from_seeds(seeds), rcfg))
 
     rows = ("dark face + landmarks", "x_org (clean)", "image (composite)", "mask")
