@@ -296,7 +296,8 @@ def calibrated(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     19,000, then 1e-4 to 21,000 (where its baseline converged inside the
     paper's baseline range: docs/training.md section 0). A straight run of
     this schedule differs from that measurement in one way: Adam's moments
-    and the composite stream carry on across the cut instead of restarting. Hours per fold on a 2-core CPU; the size for an accelerator.
+    and the composite stream carry on across the cut instead of restarting.
+    Hours per fold on a 2-core CPU; the size for an accelerator.
     Overriding ``train.num_steps`` (``paper_table.py --steps``) moves the
     end, not the cut: set ``optimizer.step_size`` with it.
     """

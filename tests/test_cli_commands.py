@@ -337,15 +337,16 @@ def test_data_preview(capsys, tmp_path):
 
 
 def test_data_preview_takes_data_overrides(monkeypatch, tmp_path):
-    """`--config.data.*` reaches the renderer and the background pool, with or without --config."""
+    """`--config.data.*` reaches the data config write_preview gets, with or without --config."""
     from feratt_jax.data import preview
+    from feratt_jax.data.pipeline import DataConfig
 
     seen = []
     monkeypatch.setattr(preview, "write_preview", lambda out, config, **kw: seen.append(config) or pathlib.Path(out))
     out = str(tmp_path / "p.png")
     assert main(["data", "preview", "--out", out, "--config", PREACT_TINY, "--config.data.render.downsample_size=16"]) == 0
     assert main(["data", "preview", "--out", out, "--config.data.face_scene_prob", "0.75"]) == 0
-    first, second = (preview._as_data_config(c) for c in seen)
+    first, second = (DataConfig.from_dict(c.data.to_dict()) for c in seen)
     assert first.render_config().downsample_size == 16
     assert first.num_subjects == 16  # the tiny size's data section, not the defaults
     assert second.face_scene_prob == 0.75 and second.render_config().downsample_size == 48
