@@ -1,4 +1,4 @@
-"""The calibration scripts (hog_probe, generator_sweep, calibration_candidates, sweep_summary, gpu_paper_table.sh --jobs): argument checks and their arithmetic (the probes and trainings themselves are not run here)."""
+"""The calibration scripts (hog_probe, face_scale, generator_sweep, calibration_candidates, sweep_summary, gpu_paper_table.sh --jobs): argument checks and their arithmetic (the probes and trainings themselves are not run here)."""
 
 from __future__ import annotations
 
@@ -316,3 +316,39 @@ def test_plateau_report_rereads_every_committed_curve_kind(tmp_path, capsys):
         pr.main([str(tmp_path / "missing.json"), "--out", str(tmp_path / "none.md")])
     assert "missing.json: no such file" in capsys.readouterr().err
     assert not (tmp_path / "none.md").exists()
+
+
+def test_face_scale_widths_are_counted_by_hand():
+    fs = experiment_scripts.load("face_scale")
+    masks = np.zeros((3, 8, 8), bool)
+    masks[0, 2:5, 1:7] = True  # columns 1..6: 6 px
+    masks[1, 4, 3] = True  # a single pixel: 1 px
+    masks[1, 6, 5] = True  # ...and a second in another row: columns 3..5, 3 px
+    # masks[2] is empty and skipped
+    np.testing.assert_array_equal(fs.mask_widths(masks), [6.0, 3.0])
+    lm = np.zeros((2, 68, 2))
+    lm[:, fs.MOUTH_RIGHT] = [[3.0, 4.0], [0.0, 2.0]]
+    np.testing.assert_allclose(fs.landmark_widths(lm, fs.MOUTH_LEFT, fs.MOUTH_RIGHT), [5.0, 2.0])
+    # 40 px of a 64 px composite that went through 16 px kept 10 px; no resampling keeps all 40.
+    assert fs.surviving_pixels(40.0, 64, 16) == 10.0
+    assert fs.surviving_pixels(40.0, 64, None) == 40.0
+
+
+def test_face_scale_bad_preset_or_folder_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "scale.json"
+    proc = subprocess.run(
+        [sys.executable, str(experiment_scripts.EXPERIMENTS / "face_scale.py"), "--presets", "train,trian", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "unknown render preset 'trian'" in proc.stderr.strip().splitlines()[-1]
+    assert not out.exists()
+    proc = subprocess.run(
+        [sys.executable, str(experiment_scripts.EXPERIMENTS / "face_scale.py"), "--out", str(tmp_path / "no" / "scale.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
