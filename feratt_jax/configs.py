@@ -107,6 +107,9 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
     c.data.face_scene_prob = 0.0  # share of backgrounds with other (non-dataset) faces pasted in
     c.data.render_preset = "train"
     c.data.eval_render_preset = "train"  # "eval" = the reference eval.py's harsher 45/0.3/0.2
+    # An easier renderer preset for the first curriculum_steps training batches ("" = none).
+    c.data.curriculum_preset = ""
+    c.data.curriculum_steps = 0
     c.data.cache_dir = ""  # "" = $FERATT_CACHE_DIR or ~/.cache/feratt_jax
     c.data.loader = "auto"
 

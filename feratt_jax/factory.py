@@ -209,13 +209,16 @@ def make_inputs(config: ml_collections.ConfigDict, *, process_index: int = 0, pr
     return pipeline.make_datasets(data_config(config), seed=config.seed, process_index=process_index, process_count=process_count)
 
 
-def make_render(data: pipeline.Datasets) -> Callable[[Mapping[str, Any]], dict[str, jax.Array]]:
+def make_render(data: pipeline.Datasets, *, curriculum: bool = False) -> Callable[[Mapping[str, Any]], dict[str, jax.Array]]:
     """The train step's ``render(batch)``: a host batch to its composites, on the device.
 
     Per-sample render keys come from seeds drawn by the (checkpointed) host
     iterator, so the composite of a given step is reproducible on resume.
+    ``curriculum`` renders with the data's curriculum preset instead.
     """
-    render_config = data.render_config
+    render_config = data.curriculum_render_config if curriculum else data.render_config
+    if render_config is None:
+        raise ValueError("make_render(curriculum=True) needs data.curriculum_preset")
     return lambda batch: device.render_train_batch(batch, render_config)
 
 
@@ -236,6 +239,12 @@ class Training:
     state_sharding: Any
     train_step: Callable  # jitted train_step(state, global_batch) -> (state, metrics)
     eval_step: Callable  # jitted eval_step(params, batch_stats, images) -> outputs
+    curriculum_step: Callable | None = None  # train_step on the curriculum preset's composites
+    curriculum_steps: int = 0
+
+    def step_at(self, step: int) -> Callable:
+        """The jitted train step for the batch of (0-based) step ``step``."""
+        return self.curriculum_step if step < self.curriculum_steps else self.train_step
 
 
 def setup_training(config: ml_collections.ConfigDict, data: pipeline.Datasets, mesh: Any, *, donate: bool = True) -> Training:
@@ -248,13 +257,19 @@ def setup_training(config: ml_collections.ConfigDict, data: pipeline.Datasets, m
     abstract, state_sharding = abstract_train_state(init_state, mesh)
     repl = sharding.replicated(mesh)
     prepare = model_input_fn(config)
-    train_step = jax.jit(
-        step.make_train_step(
-            model, tx, schedule, prepare=prepare, loss_options=loss_options(config), seed=config.seed, render=make_render(data)
-        ),
-        in_shardings=(state_sharding, sharding.data_sharded(mesh)),
-        out_shardings=(state_sharding, repl),
-        donate_argnums=(0,) if donate else (),
-    )
+
+    def jitted_train_step(render: Callable) -> Callable:
+        return jax.jit(
+            step.make_train_step(model, tx, schedule, prepare=prepare, loss_options=loss_options(config), seed=config.seed, render=render),
+            in_shardings=(state_sharding, sharding.data_sharded(mesh)),
+            out_shardings=(state_sharding, repl),
+            donate_argnums=(0,) if donate else (),
+        )
+
+    train_step = jitted_train_step(make_render(data))
     eval_step = jax.jit(step.make_eval_step(model, prepare), out_shardings=repl)
-    return Training(model, tx, schedule, init_state, abstract, state_sharding, train_step, eval_step)
+    # A curriculum is a second compiled step (its renderer config is static), used while step < curriculum_steps.
+    curriculum = data.curriculum_render_config is not None
+    curriculum_step = jitted_train_step(make_render(data, curriculum=True)) if curriculum else None
+    curriculum_steps = data.config.curriculum_steps if curriculum else 0
+    return Training(model, tx, schedule, init_state, abstract, state_sharding, train_step, eval_step, curriculum_step, curriculum_steps)

@@ -161,7 +161,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
 
     # -------------------------------- model, optimizer and the jitted steps
     training = factory.setup_training(config, data, mesh)
-    train_step, eval_step = training.train_step, training.eval_step
+    eval_step = training.eval_step
 
     # -------------------------------------------------- checkpoint/resume
     checkpointer = Checkpointer(workdir, keep=tc.keep_checkpoints)
@@ -229,7 +229,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
             while step < tc.num_steps and not early.should_stop:
                 t0 = time.perf_counter()
                 global_batch = sharding.host_to_global(host_batch, mesh)
-                state, metrics = train_step(state, global_batch)
+                state, metrics = training.step_at(step)(state, global_batch)
                 # Prepare the next host batch while the device computes this step.
                 t_data = time.perf_counter()
                 next_position = train_iter.get_state()
@@ -331,7 +331,8 @@ def make_bn_recalibration(model: Any, config: ml_collections.ConfigDict, data: p
     None when ``train.precise_bn_batches`` is 0. The batches come from the
     training subjects through :data:`feratt_jax.data.sampling.PRECISE_BN_STREAM` (none taken
     from the training stream) and are rendered as the train step renders
-    them, once.
+    them after any curriculum (``data.render_preset``), once: evaluation
+    reads the statistics of the data the run is for.
     """
     num_batches = int(config.train.get("precise_bn_batches", 0))
     if num_batches < 0:

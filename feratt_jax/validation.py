@@ -37,6 +37,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "data.loader": sampling.LOADERS,
     "data.render_preset": tuple(PRESETS),
     "data.eval_render_preset": tuple(PRESETS),
+    "data.curriculum_preset": ("",) + tuple(PRESETS),
 }
 
 _AT_LEAST_0 = (">=", 0)
@@ -74,6 +75,7 @@ RANGES: dict[str, tuple[tuple[str, float], ...]] = {
     "data.num_folds": (_AT_LEAST_0,),
     "data.val_subjects": ((">=", -1),),
     "data.image_size": ((">=", 8),),
+    "data.curriculum_steps": (_AT_LEAST_0,),
     "train.batch_size": (_AT_LEAST_1,),
     "train.num_steps": (_AT_LEAST_0,),
     "train.log_every": (_AT_LEAST_1,),
@@ -138,6 +140,8 @@ DEFAULTS_OF_NEWER_FIELDS = {
     "optimizer.plateau_patience": 5,
     "loss.reconstruction_form": "tanh",
     "data.face_scene_prob": 0.0,
+    "data.curriculum_preset": "",
+    "data.curriculum_steps": 0,
     "model.reconstruction_relu": True,
     "loss.class_mean_includes_self": True,
 }

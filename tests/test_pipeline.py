@@ -198,6 +198,16 @@ def test_data_config_errors(tmp_path):
         DataConfig(source="nosuchdataset")
     with pytest.raises(ValueError, match="unknown render preset"):
         DataConfig(eval_render_preset="harsh")
+    with pytest.raises(ValueError, match="unknown render preset"):
+        DataConfig(curriculum_preset="harsh", curriculum_steps=10)
+    with pytest.raises(ValueError, match="curriculum_preset 'identity' and curriculum_steps 0 go together"):
+        DataConfig(curriculum_preset="identity")
+    with pytest.raises(ValueError, match="curriculum_preset '' and curriculum_steps 5 go together"):
+        DataConfig(curriculum_steps=5)
+    with pytest.raises(ValueError, match="curriculum_steps must be >= 0"):
+        DataConfig(curriculum_steps=-1)
+    with pytest.raises(ValueError, match="curriculum_preset needs mode='synthetic'"):
+        DataConfig(source="ckplus", mode="real", curriculum_preset="identity", curriculum_steps=5)
     empty = tmp_path / "empty_backgrounds"
     empty.mkdir()
     with pytest.raises(ValueError, match="empty_backgrounds.*contains no images"):
@@ -215,6 +225,17 @@ def test_from_dict_accepts_the_experiment_config():
     cfg = DataConfig.from_dict(c.data.to_dict(), batch_size=c.train.batch_size)
     assert cfg.num_subjects == c.data.num_subjects and cfg.batch_size == c.train.batch_size
     assert cfg.render_config().image_size == c.data.image_size
+
+
+def test_curriculum_render_config_and_provenance():
+    off = DataConfig(render_preset="train")
+    on = DataConfig(render_preset="train", curriculum_preset="identity", curriculum_steps=7)
+    assert off.curriculum_render_config() is None
+    assert on.curriculum_render_config() == on.render_config("identity") != on.render_config()
+    # A run without a curriculum records what runs recorded before the option existed.
+    assert "curriculum" not in off.provenance()
+    assert on.provenance()["curriculum"]["steps"] == 7
+    assert on.provenance()["curriculum"]["render"]["angle"] == on.render_config("identity").angle != on.render_config().angle
 
 
 def test_user_background_folder(tmp_path):

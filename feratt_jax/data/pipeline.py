@@ -99,6 +99,10 @@ class DataConfig:
       max_background_images: cap on user photos loaded.
       render_preset: renderer preset for training ("train", "eval", "identity").
       eval_render_preset: renderer preset for val/test.
+      curriculum_preset: renderer preset of the first ``curriculum_steps``
+        training batches ("" = none): an easier stage before ``render_preset``
+        (synthetic mode only; val/test always use ``eval_render_preset``).
+      curriculum_steps: how many training steps use ``curriculum_preset``.
       render: overrides of RenderConfig fields applied to both presets.
       generator: overrides of GeneratorConfig fields.
       cache_dir: face-bank cache folder ("" = $FERATT_CACHE_DIR or ~/.cache/feratt_jax).
@@ -132,6 +136,8 @@ class DataConfig:
     max_background_images: int = 500
     render_preset: str = "train"
     eval_render_preset: str = "train"
+    curriculum_preset: str = ""
+    curriculum_steps: int = 0
     render: tuple[tuple[str, Any], ...] = ()
     generator: tuple[tuple[str, Any], ...] = ()
     cache_dir: str = ""
@@ -162,7 +168,7 @@ class DataConfig:
                 fail(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 1 <= self.num_classes <= synthfaces.NUM_CLASSES:
             fail(f"num_classes must be in [1, {synthfaces.NUM_CLASSES}], got {self.num_classes}")
-        for name in ("val_size", "test_size", "prefetch", "num_procedural_backgrounds", "background_size"):
+        for name in ("val_size", "test_size", "prefetch", "num_procedural_backgrounds", "background_size", "curriculum_steps"):
             if getattr(self, name) < 0:
                 fail(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.photo_prob <= 1.0:
@@ -173,9 +179,17 @@ class DataConfig:
             fail("num_procedural_backgrounds=0 needs photo_prob=1.0")
         if self.background_size and self.background_size < 8:
             fail(f"background_size must be 0 (= image_size) or >= 8, got {self.background_size}")
+        if bool(self.curriculum_preset) != (self.curriculum_steps > 0):
+            fail(
+                f"curriculum_preset {self.curriculum_preset!r} and curriculum_steps {self.curriculum_steps} go together: "
+                "set both (a preset and a step count > 0) or neither"
+            )
+        if self.curriculum_preset and self.mode == "real":
+            fail("curriculum_preset needs mode='synthetic' (mode 'real' renders no composites)")
         # Fail early (with the renderer's clear messages) on bad render settings.
         self.render_config()
         self.eval_render_config()
+        self.curriculum_render_config()
         synthfaces.GeneratorConfig.from_dict(dict(self.generator))
 
     @classmethod
@@ -211,6 +225,10 @@ class DataConfig:
             {**dict(self.render), **forced}, preset=preset or self.render_preset, image_size=self.image_size
         )
 
+    def curriculum_render_config(self):
+        """The :class:`RenderConfig` of the first ``curriculum_steps`` training batches, or None."""
+        return self.render_config(self.curriculum_preset) if self.curriculum_preset else None
+
     def eval_render_config(self):
         """The val/test :class:`RenderConfig` (mode "real": the "identity" preset, the face as is)."""
         return self.render_config("identity" if self.mode == "real" else self.eval_render_preset)
@@ -234,6 +252,8 @@ class DataConfig:
             out["generator"] = dataclasses.asdict(self.generator_config())
         out["render"] = dataclasses.asdict(self.render_config())
         out["eval_render"] = dataclasses.asdict(self.eval_render_config())
+        if self.curriculum_preset:  # absent when off, so records written before the option still match
+            out["curriculum"] = {"steps": self.curriculum_steps, "render": dataclasses.asdict(self.curriculum_render_config())}
         return json.loads(json.dumps(out))  # tuples as lists, as read back from the file
 
 
@@ -258,6 +278,8 @@ class Datasets:
       split: subject ids per split.
       bank: the face bank (all subjects).
       render_config: RenderConfig for training batches.
+      curriculum_render_config: RenderConfig of the first
+        ``config.curriculum_steps`` training batches (None: no curriculum).
       eval_render_config: RenderConfig the val/test sets were rendered with.
       config: the DataConfig.
       info: small JSON-able summary (sizes, timings, fold).
@@ -275,6 +297,7 @@ class Datasets:
     config: DataConfig
     info: dict[str, Any]
     train_batches: Any = None
+    curriculum_render_config: Any = None
 
 
 class BlackBackgrounds:
@@ -441,4 +464,5 @@ def make_datasets(
         config=cfg,
         info=info,
         train_batches=maker,
+        curriculum_render_config=cfg.curriculum_render_config(),
     )
